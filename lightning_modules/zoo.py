@@ -1,0 +1,104 @@
+"""The model zoo of both papers, built only from layers that interval propagation supports.
+
+Architectures (Amoeba appendix, Tables 6 and 7; Section 4.1; ACTS Section 4.1):
+
+- ``fc100`` / ``fc300`` / ``fc500``: Flatten, three hidden ``Linear + ReLU`` layers of 100/300/500 units, output layer.
+- ``lenet``: ``Conv(C,6,3,1,1)-ReLU-MaxPool(2,2)-Conv(6,16,5,1,0)-ReLU-MaxPool(2,2)-Flatten-FC(120)-ReLU-FC(84)-ReLU-FC(K)``
+  for 1x28x28 (MNIST, Fashion-MNIST) and 3x32x32 (SVHN) inputs.
+- ``fcnn2d``: the 2-D synthetic classifier with hidden layers of 16 and 32 ReLU units.
+- ``and_gate``: the ACTS AND-gate toy, a two-layer net (one hidden layer of 8 ReLU units, two outputs).
+"""
+
+from collections.abc import Sequence
+from math import prod
+from typing import Literal
+
+from torch import nn
+
+Architecture = Literal["fc100", "fc300", "fc500", "lenet", "fcnn2d", "and_gate"]
+ARCHITECTURES: tuple[str, ...] = ("fc100", "fc300", "fc500", "lenet", "fcnn2d", "and_gate")
+
+
+def fully_connected(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int]) -> nn.Sequential:
+    """A ReLU multilayer perceptron that flattens its input first.
+
+    Args:
+        input_shape: Shape of one example, e.g. ``(1, 28, 28)`` or ``(2,)``.
+        num_classes: Number of output logits.
+        hidden: Widths of the hidden layers.
+
+    Returns:
+        ``Sequential(Flatten, Linear, ReLU, ..., Linear)``.
+    """
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = prod(input_shape)
+    for units in hidden:
+        layers += [nn.Linear(width, units), nn.ReLU()]
+        width = units
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def lenet(input_shape: Sequence[int], num_classes: int) -> nn.Sequential:
+    """The Amoeba LeNet (Table 7) for ``(C, H, W)`` images.
+
+    Args:
+        input_shape: ``(C, H, W)``, e.g. ``(1, 28, 28)`` or ``(3, 32, 32)``.
+        num_classes: Number of output logits.
+
+    Returns:
+        A ``Sequential`` with a ``features`` and a ``classifier`` part.
+
+    Raises:
+        ValueError: If the input is not an image large enough for two conv/pool stages.
+    """
+    if len(input_shape) != 3:
+        raise ValueError(f"lenet needs image inputs (C, H, W), got input_shape={tuple(input_shape)}")
+    channels, height, width = input_shape
+    # conv3 pad1 keeps the size, pool halves it, conv5 removes 4, pool halves it.
+    out_h, out_w = (height // 2 - 4) // 2, (width // 2 - 4) // 2
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"lenet needs images of at least 12x12 pixels, got {height}x{width}")
+    features = nn.Sequential(
+        nn.Conv2d(channels, 6, kernel_size=3, stride=1, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Conv2d(6, 16, kernel_size=5, stride=1, padding=0),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+    )
+    classifier = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(16 * out_h * out_w, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, num_classes),
+    )
+    return nn.Sequential(features, classifier)
+
+
+def build_model(architecture: Architecture, input_shape: Sequence[int], num_classes: int) -> nn.Sequential:
+    """Build a zoo model by name.
+
+    Args:
+        architecture: One of ``fc100``, ``fc300``, ``fc500``, ``lenet``, ``fcnn2d``, ``and_gate``.
+        input_shape: Shape of one example without the batch dimension.
+        num_classes: Number of classes.
+
+    Returns:
+        The freshly initialised model.
+
+    Raises:
+        ValueError: For an unknown architecture name.
+    """
+    if architecture in ("fc100", "fc300", "fc500"):
+        width = int(architecture[2:])
+        return fully_connected(input_shape, num_classes, (width, width, width))
+    if architecture == "lenet":
+        return lenet(input_shape, num_classes)
+    if architecture == "fcnn2d":
+        return fully_connected(input_shape, num_classes, (16, 32))
+    if architecture == "and_gate":
+        return fully_connected(input_shape, num_classes, (8,))
+    raise ValueError(f"Unknown architecture '{architecture}'; choose one of {', '.join(ARCHITECTURES)}")
