@@ -173,8 +173,8 @@ class MNISTLikeDataModule(ClassificationDataModule):
         self.input_shape = (1, 28, 28)
         self.num_classes = 10
         self.input_range = (-1.0, 1.0)
-        self.resolved_source: str | None = None
-        if source == "embedded" or not (self.download and not self.torchvision_files_present()):
+        self.resolved_source: str | None = None if source == "auto" else source
+        if source == "auto" and not (self.download and not self.torchvision_files_present()):
             # Decide now when no download is involved; a missing-file error is raised again by setup().
             with contextlib.suppress(FileNotFoundError):
                 self._resolve_source()
@@ -214,17 +214,11 @@ class MNISTLikeDataModule(ClassificationDataModule):
         self.torchvision_class(root=self.data_dir, train=False, download=True)
 
     def _resolve_source(self) -> str:
-        """Decide (once) between torchvision and embedded, downloading when asked; log the decision."""
+        """Decide (once) what ``auto`` means, downloading when asked; log the decision."""
         if self.resolved_source is not None:
             return self.resolved_source
         name = type(self).__name__
-        if self.source == "embedded":
-            resolved = "embedded"
-        elif self.source == "torchvision":
-            if self.download and not self.torchvision_files_present():
-                self._download_torchvision()
-            resolved = "torchvision"
-        elif self.torchvision_files_present():
+        if self.torchvision_files_present():
             resolved = "torchvision"
             logger.info("%s: source=auto -> torchvision (files found in %s)", name, self.raw_folder)
         else:
@@ -256,6 +250,8 @@ class MNISTLikeDataModule(ClassificationDataModule):
     # ----------------------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Download the torchvision files when asked to (Lightning calls this on one process per node)."""
+        if self.source == "torchvision" and self.download and not self.torchvision_files_present():
+            self._download_torchvision()
         self._resolve_source()
 
     def _build_sets(self) -> tuple[Dataset, Dataset, Dataset]:
@@ -270,6 +266,8 @@ class MNISTLikeDataModule(ClassificationDataModule):
         )
 
     def _torchvision_splits(self) -> tuple[Dataset, Dataset, Dataset]:
+        if self.download and not self.torchvision_files_present():
+            self._download_torchvision()  # setup() without prepare_data(), as in a plain script.
         if not self.torchvision_files_present():
             raise self._missing_files_error()
         transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])

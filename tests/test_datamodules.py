@@ -243,6 +243,28 @@ def test_auto_uses_torchvision_after_a_successful_download(tmp_path, monkeypatch
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (25, 5, 10)
 
 
+def test_explicit_torchvision_source_downloads_in_prepare_data_and_propagates_failures(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(self):
+        calls.append(self.root)
+        write_mnist_idx(self.root, num_train=30, num_test=10, kind="FashionMNIST")
+
+    monkeypatch.setattr(datasets.FashionMNIST, "download", fake_download)
+    dm = FashionMNISTDataModule(data_dir=str(tmp_path), source="torchvision", download=True, val_size=5)
+    assert dm.resolved_source == "torchvision" and not calls  # Nothing is fetched in __init__.
+    dm.prepare_data()
+    dm.setup("fit")
+    assert calls and (len(dm.train_set), len(dm.test_set)) == (25, 10)
+
+    def offline_download(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: no network")
+
+    monkeypatch.setattr(datasets.MNIST, "download", offline_download)
+    with pytest.raises(RuntimeError, match="no network"):
+        MNISTDataModule(data_dir=str(tmp_path / "other"), source="torchvision", download=True).setup("fit")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Embedded MNIST subset
 # ---------------------------------------------------------------------------------------------------------------
