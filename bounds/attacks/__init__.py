@@ -5,8 +5,9 @@ One attack per module: :func:`~bounds.attacks.fgsm.fgsm`, :func:`~bounds.attacks
 """
 
 from bounds.attacks.bim import bim
+from bounds.attacks.carlini_wagner import carlini_wagner_l2
 from bounds.attacks.common import AttackResult, Box, LossFn, Mask
 from bounds.attacks.fgsm import fgsm
 from bounds.attacks.pgd import pgd
 
-__all__ = ["AttackResult", "Box", "LossFn", "Mask", "bim", "fgsm", "pgd"]
+__all__ = ["AttackResult", "Box", "LossFn", "Mask", "bim", "carlini_wagner_l2", "fgsm", "pgd"]

@@ -23,9 +23,7 @@ from bounds.attacks.common import (
 _TINY = 1e-12
 
 
-def _random_start(
-    x: Tensor, eps: Tensor, norm: str, generator: torch.Generator | None
-) -> Tensor:
+def _random_start(x: Tensor, eps: Tensor, norm: str, generator: torch.Generator | None) -> Tensor:
     """A uniform random point of the l_inf cube, or of the l_2 ball, of radius ``eps`` around ``x``."""
     if norm == "linf":
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
