@@ -1,6 +1,6 @@
 """Reusable soundness checks: sample and attack a box, assert bounds enclose outputs and labels never change.
 
-Import from a test file in ``tests/`` as ``from soundness import ...`` (pytest puts ``tests/`` on ``sys.path``).
+Import as ``from tests.soundness import ...``.
 """
 
 import torch

@@ -1,12 +1,12 @@
 import pytest
 import torch
-from soundness import assert_encloses, sample_box
 from torch import nn
 
 from bounds.errors import UnsupportedLayerError
 from bounds.interval import check_supported, interval_bounds
 from bounds.margins import margin_lower_bounds, margins_from_bounds
 from bounds.normalization import InputNormalization
+from tests.soundness import assert_encloses, sample_box
 
 
 def _randomise_batchnorm(model: nn.Module, gen: torch.Generator) -> None:
