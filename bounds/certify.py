@@ -28,7 +28,7 @@ _KINDS = ("asymmetric", "nonuniform", "uniform")
 
 
 def _validate(x: Tensor, y: Tensor, kind: str, delta: float, clip: bool, input_range: tuple[float, float],
-              batch_size: int | None) -> None:
+              uniform_rtol: float, batch_size: int | None) -> None:
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
@@ -46,12 +46,14 @@ def _validate(x: Tensor, y: Tensor, kind: str, delta: float, clip: bool, input_r
         raise ValueError(
             f"clip_to_input_range needs x inside {input_range}, got values in [{float(x.min())}, {float(x.max())}]"
         )
+    if not 0 < uniform_rtol < 1:
+        raise ValueError(f"uniform_rtol must lie in (0, 1), got {uniform_rtol}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 
 
 def _certify_chunk(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: float,
-                   input_range: tuple[float, float] | None, bracket: float, bisection_steps: int,
+                   input_range: tuple[float, float] | None, bracket: float, uniform_rtol: float,
                    options: LagrangianOptions, progress: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Radii and certified flags of one chunk (model already in eval mode, gradients enabled)."""
     eps_lower = torch.zeros_like(x)
@@ -66,7 +68,7 @@ def _certify_chunk(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: flo
     view = (xs.shape[0], *([1] * (x.dim() - 1)))
     target = delta * (1 + _TARGET_SLACK)
     radius = uniform_radius(model, xs, ys, delta=target, input_range=input_range, bracket=bracket,
-                            steps=bisection_steps)
+                            rtol=uniform_rtol)
     low = radius.view(view).expand_as(xs)
     up = low
     if kind != "uniform":
@@ -112,14 +114,15 @@ def certify(
     dual_every: int = LagrangianOptions.dual_every,
     shrink_steps: int = LagrangianOptions.shrink_steps,
     init_scale: float = LagrangianOptions.init_scale,
-    bisection_steps: int = 22,
+    lr_decay: bool = LagrangianOptions.lr_decay,
+    uniform_rtol: float = 1e-4,
     batch_size: int | None = None,
     progress: bool = False,
 ) -> Certificate:
     """Certify per-example boxes around ``x`` in which the model keeps label ``y`` (Amoeba Problems 1-2).
 
     - ``"uniform"``: the largest scalar radius ``r`` per example with ``[x - r, x + r]`` certified, by
-      bisection (exact for interval propagation up to ``input_range width / 2**bisection_steps``).
+      a bracketing search (exact for interval propagation up to the relative tolerance ``uniform_rtol``).
     - ``"nonuniform"``: per-pixel ``eps1 = eps2`` (Liu et al., ICML 2019) by Algorithm 1.
     - ``"asymmetric"``: per-pixel ``eps1, eps2`` (Amoeba Algorithm 1, augmented Lagrangian of Problem 2,
       see :mod:`bounds.lagrangian`), warm-started from the uniform radius; per example the better of the
@@ -154,7 +157,8 @@ def certify(
         dual_every: Iterations between dual updates.
         shrink_steps: Bisection steps of the final scale factor (Algorithm 1 lines 7-10).
         init_scale: Warm start at ``init_scale`` times the uniform radius.
-        bisection_steps: Bisection steps of the uniform radius.
+        lr_decay: Decay Adam's learning rate linearly to zero.
+        uniform_rtol: Relative tolerance of the uniform radius search.
         batch_size: Certify in chunks of this many examples (``None``: all at once). Results do not
             depend on it up to floating-point rounding.
         progress: Show tqdm progress bars.
@@ -167,11 +171,11 @@ def certify(
         UnsupportedLayerError: If the model contains a layer interval propagation does not support.
     """
     start = time.perf_counter()
-    _validate(x, y, kind, delta, clip_to_input_range, input_range, batch_size)
+    _validate(x, y, kind, delta, clip_to_input_range, input_range, uniform_rtol, batch_size)
     check_supported(model)
     options = LagrangianOptions(iterations=iterations, lr=lr, penalty_init=penalty_init,
                                 penalty_growth=penalty_growth, penalty_every=penalty_every, dual_every=dual_every,
-                                shrink_steps=shrink_steps, init_scale=init_scale)
+                                shrink_steps=shrink_steps, init_scale=init_scale, lr_decay=lr_decay)
     torch.Generator(device="cpu").manual_seed(seed)  # validates the seed; no option draws from it yet
     clip = (float(input_range[0]), float(input_range[1])) if clip_to_input_range else None
     bracket = float(input_range[1] - input_range[0])
@@ -183,7 +187,7 @@ def certify(
         starts = range(0, xs.shape[0], chunk)
         for begin in tqdm(starts, desc=f"certify ({kind})", disable=not progress or len(starts) < 2):
             parts.append(_certify_chunk(model, xs[begin:begin + chunk], ys[begin:begin + chunk], kind, delta, clip,
-                                        bracket, bisection_steps, options, progress))
+                                        bracket, uniform_rtol, options, progress))
         if parts:
             eps_lower = torch.cat([p[0] for p in parts])
             eps_upper = torch.cat([p[1] for p in parts])

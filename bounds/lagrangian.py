@@ -56,6 +56,7 @@ class LagrangianOptions:
         dual_every: Steps between dual updates ``mu <- max(0, mu - eta v)``.
         shrink_steps: Bisection steps on the final scale factor ``t``.
         init_scale: The warm start is ``init_scale`` times the uniform radius.
+        lr_decay: Decay the learning rate linearly to zero over the iterations.
     """
 
     iterations: int = 100
@@ -66,6 +67,7 @@ class LagrangianOptions:
     dual_every: int = 5
     shrink_steps: int = 12
     init_scale: float = 1.0
+    lr_decay: bool = True
 
     def __post_init__(self) -> None:
         checks = {
@@ -99,22 +101,26 @@ def _scale_to_feasible(model: nn.Module, x: Tensor, y: Tensor, eps_lower: Tensor
     batch = x.shape[0]
     view = (batch, *([1] * (x.dim() - 1)))
 
-    def ok(t: Tensor) -> Tensor:
-        tv = t.view(view)
-        lower, upper = clipped_box(x, tv * eps_lower, tv * eps_upper, input_range)
-        return min_margin(model, lower, upper, y) >= target
+    def ok(t: Tensor, active: Tensor) -> Tensor:
+        index = active.nonzero().squeeze(1)
+        result = torch.zeros_like(active)
+        if index.numel():
+            tv = t[index].view(-1, *view[1:])
+            lower, upper = clipped_box(x[index], tv * eps_lower[index], tv * eps_upper[index], input_range)
+            result[index] = min_margin(model, lower, upper, y[index]) >= target
+        return result
 
     low = torch.zeros(batch, dtype=x.dtype, device=x.device)
     high = torch.ones_like(low)
-    done = ok(high)
+    done = ok(high, torch.ones_like(low, dtype=torch.bool))
     low = torch.where(done, high, low)
     for _ in range(steps):
         if bool(done.all()):
             break
         mid = (low + high) / 2
-        good = ok(mid)
-        low = torch.where(good, mid, low)
-        high = torch.where(good, high, mid)
+        good = ok(mid, ~done)
+        low = torch.where(good & ~done, mid, low)
+        high = torch.where(~good & ~done, mid, high)
     return low
 
 
@@ -192,6 +198,9 @@ def optimise_radii(
                 eta = eta * opts.penalty_growth
         for p, g in zip(params, grads, strict=True):
             p.grad = g
+        if opts.lr_decay:
+            for group in optimiser.param_groups:
+                group["lr"] = opts.lr * (1 - step / opts.iterations)
         optimiser.step()
 
     with torch.no_grad():
