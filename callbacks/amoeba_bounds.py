@@ -1,0 +1,348 @@
+"""Lightning callback that certifies a fixed validation subset with Amoeba bounds and logs widths and maps."""
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from typing_extensions import override
+
+from bounds.analysis import bound_heatmap, explorer_map, geometric_mean_width
+from bounds.certify import certify
+from bounds.errors import UnsupportedLayerError
+from bounds.interval import check_supported
+from callbacks._shared import (
+    ExampleIndexer,
+    ExampleStore,
+    check_input_range,
+    check_model_attribute,
+    check_positive,
+    isolated,
+    log_scalars,
+    resolve_input_range,
+    resolve_network,
+    split_batch,
+    tensorboard_writer,
+    warn_failure,
+)
+from callbacks.figures import colormap_grid
+
+Kind = Literal["uniform", "nonuniform", "asymmetric"]
+_KINDS = ("uniform", "nonuniform", "asymmetric")
+_FIELDS = ("width", "certified", "eps_lower", "eps_upper")
+_IMAGE_FIELDS = ("inputs", "heatmap", "explorer")
+
+
+class AmoebaBoundCallback(Callback):
+    """Certify the first ``num_examples`` validation examples every ``every_n_epochs`` epochs and log the bounds.
+
+    For each kind (``"uniform"``, ``"nonuniform"``, ``"asymmetric"``) the callback calls
+    :func:`bounds.certify.certify` on the selected examples of each validation batch
+    (``on_validation_batch_end``), gathers the per-example results from every rank and logs, in
+    ``on_validation_epoch_end``:
+
+    - ``val/amoeba/<kind>/mean_width``: mean geometric-mean box width over the certified examples
+      (0 when none is certified);
+    - ``val/amoeba/<kind>/certified_fraction``: certified share of the subset;
+    - ``val/amoeba/ratio_asymmetric_uniform`` and ``val/amoeba/ratio_asymmetric_nonuniform``: ratio of the
+      mean widths, when both kinds run and the denominator is positive;
+    - TensorBoard histograms ``val/amoeba/<kind>/eps_lower``, ``.../eps_upper`` (per-pixel radii of the
+      certified examples) and ``.../width`` (per-example geometric-mean widths);
+    - TensorBoard images of the first ``num_image_examples`` examples: ``val/amoeba/inputs``,
+      ``val/amoeba/<kind>/heatmap`` (``1 - (eps1 + eps2)``, Amoeba Figure 4) and
+      ``val/amoeba/asymmetric/explorer`` (``eps2 - eps1``, diverging colours; the symmetric kinds have none).
+
+    **Labels**: the true labels are certified, so a misclassified example counts as not certified and
+    ``certified_fraction`` is the verified accuracy of the subset at margin ``delta``.
+
+    **Subset**: the examples whose index in the validation dataset (first validation dataloader) is below
+    ``num_examples``, the same on every epoch and for every world size (under DDP each rank certifies its own
+    share, identified through its ``DistributedSampler``). Images show the examples with index below
+    ``num_image_examples``.
+
+    **Schedule**: during ``fit`` it runs on epochs ``0, n, 2n, ...`` (``epoch % every_n_epochs == 0``), never
+    during the sanity check, and at most once per global step (a resumed run does not log a step twice); under
+    ``trainer.validate`` it always runs.
+
+    **Network**: ``model_attribute`` if given, else ``pl_module.model`` if it is an ``nn.Module``, else
+    ``pl_module``. It must be a nested ``nn.Sequential`` of layers :mod:`bounds.interval` supports; otherwise one
+    warning names the layer and its path, and the callback does nothing for the rest of the run (training goes
+    on). Any error raised while certifying is turned into a warning too, and the callback stops.
+
+    **Side effects**: none on training: the network's submodule modes, its parameters' ``requires_grad`` flags
+    and the global ``torch``/``numpy``/``random`` states are restored, and no gradient is written. Works inside
+    ``fit`` (``no_grad``), under ``trainer.validate`` (``inference_mode``) and under DDP.
+
+    **Cost** (defaults, measured by ``benchmarks/bench_callbacks.py`` on the quickstart ``robust_lenet``): 16
+    examples, uniform and asymmetric, every 4th epoch; see that script for the measured share of an epoch.
+
+    Args:
+        kinds: Certification kinds to run (distinct, any of ``"uniform"``, ``"nonuniform"``, ``"asymmetric"``).
+        num_examples: Size of the fixed subset: validation examples with dataset index ``< num_examples``.
+        every_n_epochs: Run on epochs divisible by this during ``fit``.
+        batch_size: Examples certified together (``None``: a validation batch's selected examples at once).
+        delta: Margin the certificates prove (``lower[y] - upper[j] >= delta``).
+        clip_to_input_range: Certify boxes intersected with the input range (widths of the clipped boxes).
+        num_image_examples: Examples shown in the image grids (``0``: no images); at most ``num_examples``.
+        seed: Seed passed to :func:`~bounds.certify.certify`.
+        model_attribute: Dotted attribute path of the network inside the LightningModule, or a list of them
+            chained in order (e.g. ``["normalize", "net"]`` when ``forward`` applies ``normalize`` then ``net``).
+        input_range: ``(low, high)`` of valid inputs; default the datamodule's ``input_range``, else the module's
+            ``hparams.input_range``, else ``(-1, 1)`` (the bisection bracket; boxes are not clipped unless asked).
+        iterations: Augmented-Lagrangian iterations of the non-uniform and asymmetric kinds (cost is about
+            linear in it).
+
+    Raises:
+        ValueError: On invalid arguments.
+    """
+
+    def __init__(
+        self,
+        kinds: Sequence[Kind] = ("uniform", "asymmetric"),
+        num_examples: int = 16,
+        every_n_epochs: int = 4,
+        batch_size: int | None = None,
+        delta: float = 1e-4,
+        clip_to_input_range: bool = False,
+        num_image_examples: int = 8,
+        seed: int = 0,
+        model_attribute: str | Sequence[str] | None = None,
+        input_range: tuple[float, float] | None = None,
+        iterations: int = 100,
+    ) -> None:
+        super().__init__()
+        kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+        if not kinds or len(set(kinds)) != len(kinds) or any(kind not in _KINDS for kind in kinds):
+            raise ValueError(f"kinds must be distinct values among {_KINDS}, got {kinds!r}")
+        check_positive("num_examples", num_examples)
+        check_positive("every_n_epochs", every_n_epochs)
+        if batch_size is not None:
+            check_positive("batch_size", batch_size)
+        if not delta > 0:
+            raise ValueError(f"delta must be positive, got {delta!r}")
+        check_positive("num_image_examples", num_image_examples, minimum=0)
+        if num_image_examples > num_examples:
+            raise ValueError(f"num_image_examples ({num_image_examples}) must not exceed num_examples ({num_examples})")
+        check_positive("seed", seed, minimum=0)
+        check_positive("iterations", iterations, minimum=0)
+        self.kinds: tuple[str, ...] = kinds
+        self.num_examples = num_examples
+        self.every_n_epochs = every_n_epochs
+        self.batch_size = batch_size
+        self.delta = float(delta)
+        self.clip_to_input_range = bool(clip_to_input_range)
+        self.num_image_examples = num_image_examples
+        self.seed = seed
+        self.model_attribute = check_model_attribute(model_attribute)
+        self.input_range = check_input_range(input_range)
+        self.iterations = iterations
+        self._stores = {kind: ExampleStore(_FIELDS) for kind in kinds}
+        self._images = {kind: ExampleStore(_IMAGE_FIELDS) for kind in kinds}
+        self._indexer = ExampleIndexer(type(self).__name__)
+        self._network: nn.Module | None = None
+        self._range: tuple[float, float] = (-1.0, 1.0)
+        self._disabled = False
+        self._active = False
+        self._failed_here = False
+        self._input_shape: tuple[int, ...] | None = None
+        self.last_run_step: int | None = None
+        self.last_run_epoch: int | None = None
+        self.runs = 0
+
+    # ----------------------------------------------------------------------------------------- state
+
+    @property
+    @override
+    def state_key(self) -> str:
+        """Distinct per configuration, so several instances can be checkpointed side by side."""
+        return self._generate_state_key(kinds=self.kinds, num_examples=self.num_examples,
+                                        model_attribute=self.model_attribute)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The subset definition and the last run (epoch and global step), for resuming."""
+        return {"num_examples": self.num_examples, "kinds": list(self.kinds), "seed": self.seed,
+                "last_run_step": self.last_run_step, "last_run_epoch": self.last_run_epoch, "runs": self.runs}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the last run; warn if the subset changed (curves before and after the resume then differ)."""
+        if state_dict.get("num_examples") != self.num_examples or state_dict.get("seed") != self.seed:
+            rank_zero_warn(f"{type(self).__name__}: the checkpoint certified num_examples="
+                           f"{state_dict.get('num_examples')}, seed={state_dict.get('seed')}; this run uses "
+                           f"num_examples={self.num_examples}, seed={self.seed}, so its curves do not continue the "
+                           "checkpoint's.")
+        self.last_run_step = state_dict.get("last_run_step")
+        self.last_run_epoch = state_dict.get("last_run_epoch")
+        self.runs = int(state_dict.get("runs", 0))
+
+    # ----------------------------------------------------------------------------------------- setup
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Pick the network and check once that interval propagation supports it (else warn and disable)."""
+        if self._disabled or self._network is not None:
+            return
+        network, where = resolve_network(pl_module, self.model_attribute, prefer_inner=True)
+        try:
+            check_supported(network)
+        except UnsupportedLayerError as error:
+            self._disabled = True
+            rank_zero_warn(
+                f"{type(self).__name__} is disabled: interval propagation cannot bound {where}: unsupported layer "
+                f"{error.layer_type} at '{error.path or '<root>'}'. Certification needs a nested nn.Sequential of "
+                "supported layers (see bounds.interval); pass model_attribute to name it. Training continues."
+            )
+            return
+        self._network = network
+        input_range = resolve_input_range(self.input_range, trainer, pl_module)
+        if input_range is None and self.clip_to_input_range:
+            raise ValueError(f"{type(self).__name__}(clip_to_input_range=True) needs input_range: pass it, or use "
+                             "a datamodule or module that defines input_range")
+        self._range = input_range if input_range is not None else (-1.0, 1.0)
+
+    def _should_run(self, trainer: Trainer) -> bool:
+        if self._disabled or self._network is None or trainer.sanity_checking:
+            return False
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            return True
+        if trainer.state.fn != TrainerFn.FITTING:
+            return False
+        return trainer.current_epoch % self.every_n_epochs == 0 and self.last_run_step != trainer.global_step
+
+    # ----------------------------------------------------------------------------------------- hooks
+
+    @override
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Decide (identically on every rank) whether this validation run certifies, and reset the stores."""
+        self._active = self._should_run(trainer)
+        if not self._active:
+            return
+        self._failed_here = False
+        self._indexer.start_epoch(trainer)
+        for store in (*self._stores.values(), *self._images.values()):
+            store.to(pl_module.device)
+            store.start()
+
+    @override
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Certify the batch's examples that belong to the fixed subset."""
+        if not self._active or dataloader_idx != 0:
+            return
+        pair = split_batch(batch)
+        if pair is None:
+            self._record_failure(ValueError("validation batches must be (x, y, ...) or a dict with x and y"))
+            return
+        x, y = pair
+        self._input_shape = tuple(x.shape[1:])
+        index = self._indexer.next_batch(x.shape[0])
+        if self._failed_here:
+            return
+        selected = index < self.num_examples
+        if not bool(selected.any()):
+            return
+        try:
+            self.certify_batch(x[selected.to(x.device)], y[selected.to(y.device)], index[selected])
+        except Exception as error:  # noqa: BLE001 - a monitoring callback must never stop training
+            self._record_failure(error)
+
+    def certify_batch(self, x: Tensor, y: Tensor, index: Tensor) -> None:
+        """Certify examples ``x`` (labels ``y``, dataset indices ``index``) with every kind and store the results.
+
+        Override point for subclasses that want other per-example quantities.
+        """
+        assert self._network is not None
+        network = self._network
+        show = index < self.num_image_examples
+        with isolated(network):
+            x = x.detach().clone()
+            y = y.detach().clone().long()
+            for kind in self.kinds:
+                cert = certify(network, x, y, kind=kind, delta=self.delta, clip_to_input_range=self.clip_to_input_range,
+                               input_range=self._range, seed=self.seed, iterations=self.iterations,
+                               batch_size=self.batch_size)
+                self._stores[kind].update(index, width=geometric_mean_width(cert), certified=cert.certified,
+                                          eps_lower=cert.eps_lower, eps_upper=cert.eps_upper)
+                if bool(show.any()):
+                    mask = show.to(x.device)
+                    self._images[kind].update(index[show], inputs=x[mask], heatmap=bound_heatmap(cert)[mask],
+                                              explorer=explorer_map(cert)[mask])
+
+    def _record_failure(self, error: BaseException) -> None:
+        if not self._failed_here:
+            self._failed_here = True
+            warn_failure(type(self).__name__, error)
+            next(iter(self._stores.values())).fail()
+
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Gather the results on every rank, log the scalars, and write histograms and images on rank 0."""
+        if not self._active:
+            return
+        self._active = False
+        results = {kind: store.compute() for kind, store in self._stores.items()}  # collectives: every rank
+        images = {kind: store.compute() for kind, store in self._images.items()}
+        for store in (*self._stores.values(), *self._images.values()):
+            store.reset()
+        if int(next(iter(results.values()))["failures"]) > 0:
+            self._disabled = True
+            rank_zero_warn(f"{type(self).__name__}: certification failed on a rank (see its warning); the callback "
+                           "is disabled for the rest of this run.")
+            return
+        scalars: dict[str, float] = {}
+        mean_width: dict[str, float] = {}
+        for kind, result in results.items():
+            certified = result["certified"][:, 0] > 0.5 if result["index"].numel() else torch.zeros(0, dtype=torch.bool)
+            widths = result["width"][:, 0][certified] if result["index"].numel() else torch.zeros(0)
+            mean_width[kind] = float(widths.mean()) if widths.numel() else 0.0
+            scalars[f"val/amoeba/{kind}/mean_width"] = mean_width[kind]
+            scalars[f"val/amoeba/{kind}/certified_fraction"] = float(certified.float().mean()) if certified.numel() \
+                else 0.0
+        for other in ("uniform", "nonuniform"):
+            if "asymmetric" in mean_width and other in mean_width and mean_width[other] > 0:
+                scalars[f"val/amoeba/ratio_asymmetric_{other}"] = mean_width["asymmetric"] / mean_width[other]
+        log_scalars(pl_module, scalars)
+        self.last_run_step, self.last_run_epoch = trainer.global_step, trainer.current_epoch
+        self.runs += 1
+        if trainer.is_global_zero:
+            self._write_tensorboard(trainer, results, images)
+
+    def _write_tensorboard(self, trainer: Trainer, results: dict[str, dict[str, Tensor]],
+                           images: dict[str, dict[str, Tensor]]) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None:
+            return
+        step = trainer.global_step
+        for kind, result in results.items():
+            if result["index"].numel() == 0:
+                continue
+            certified = result["certified"][:, 0] > 0.5
+            if bool(certified.any()):
+                writer.add_histogram(f"val/amoeba/{kind}/eps_lower", result["eps_lower"][certified].cpu(), step)
+                writer.add_histogram(f"val/amoeba/{kind}/eps_upper", result["eps_upper"][certified].cpu(), step)
+                writer.add_histogram(f"val/amoeba/{kind}/width", result["width"][certified, 0].cpu(), step)
+        shape = self._image_shape()
+        for position, (kind, picture) in enumerate(images.items()):
+            if picture["index"].numel() == 0 or shape is None:
+                continue
+            count = picture["index"].numel()
+            if position == 0:
+                low, high = self._range
+                inputs = ((picture["inputs"].view(count, *shape) - low) / (high - low)).clamp(0, 1).cpu()
+                writer.add_image("val/amoeba/inputs", colormap_grid(inputs, cmap="gray"), step)
+            writer.add_image(f"val/amoeba/{kind}/heatmap", colormap_grid(picture["heatmap"].view(count, *shape),
+                                                                         cmap="magma"), step)
+            if kind == "asymmetric":
+                writer.add_image(f"val/amoeba/{kind}/explorer", colormap_grid(picture["explorer"].view(count, *shape),
+                                                                              cmap="coolwarm", symmetric=True), step)
+
+    def _image_shape(self) -> tuple[int, ...] | None:
+        """``(C, H, W)`` of the validation inputs (``(H, W)`` as one channel), ``None`` for non-image inputs."""
+        shape = self._input_shape
+        if shape is not None and len(shape) == 2:
+            return (1, *shape)
+        return shape if shape is not None and len(shape) == 3 else None
