@@ -210,6 +210,30 @@ def test_trains_through_train_main_with_bound_loss(tmp_path: Path) -> None:
     assert events.Scalars("train/robust_loss")[-1].value > 0
 
 
+def test_trains_with_amoeba_bound_and_acts_callbacks(tmp_path: Path) -> None:
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from callbacks import ACTSCallback, AmoebaBoundCallback
+
+    data = Synthetic2DDataModule(num_points=600, batch_size=50)
+    model = BoundGuidedClassifier(architecture="fcnn2d", input_shape=(2,), num_classes=10, learning_rate=0.01,
+                                  target_radius=0.05, warmup_epochs=0, ramp_epochs=1, shape_iterations=2,
+                                  eval_attack_eps=0.05, eval_attack_steps=2)
+    trainer = Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=2, num_sanity_val_steps=0,
+                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                      logger=TensorBoardLogger(tmp_path / "logs"),
+                      callbacks=[AmoebaBoundCallback(num_examples=8, num_image_examples=2, every_n_epochs=1,
+                                                     iterations=5),
+                                 ACTSCallback(num_examples=16, steps=2, every_n_epochs=1)])
+    trainer.fit(model, datamodule=data)
+    metrics = trainer.callback_metrics
+    for tag in ("val/amoeba/asymmetric/mean_width", "val/amoeba/uniform/certified_fraction", "val/acts/mean",
+                "train/robust_loss", "val/verified_acc"):
+        assert tag in metrics, tag
+    assert float(metrics["val/amoeba/asymmetric/mean_width"]) > 0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
