@@ -1,5 +1,7 @@
 """ACTS (bounds.acts) and the Overlap% / AUROC protocol helpers (bounds.overlap)."""
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 import torchvision
@@ -13,10 +15,19 @@ from bounds.overlap import overlap_percent, score_auroc, score_histograms
 from lightning_modules.zoo import build_model
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: a second intra-op thread only adds contention on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_jvp_matches_autograd_jacobian() -> None:
     torch.manual_seed(0)
-    model = build_model("lenet", (1, 16, 16), 10).double().eval()
-    x = torch.rand(3, 1, 16, 16, dtype=torch.float64) * 2 - 1
+    model = build_model("lenet", (1, 12, 12), 10).double().eval()
+    x = torch.rand(2, 1, 12, 12, dtype=torch.float64) * 2 - 1
     direction = torch.randn_like(x)
     losses, speeds = loss_and_speeds(model, x, direction)
     jacobian = torch.autograd.functional.jacobian(lambda inputs: class_losses(model(inputs)), x)  # [B, K, B, ...]
