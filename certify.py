@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from bounds.analysis import pairwise_cosine_similarity, pairwise_wasserstein_distance
+from bounds.analysis import geometric_mean_width, pairwise_cosine_similarity, pairwise_wasserstein_distance
 from callbacks.figures import colormap_grid, map_rows_figure, save_figure
 from cli import CertifyOptions, check_checkpoint_matches, make_cli
 from lightning_modules.certification import CertificationTask, IndexedDataset
@@ -69,12 +69,6 @@ def correctly_classified_indices(model: nn.Module, dataset: Dataset, limit: int,
     return chosen[:limit]
 
 
-def geometric_mean_widths(eps_lower: torch.Tensor, eps_upper: torch.Tensor) -> torch.Tensor:
-    """Per-example geometric-mean width ``(prod_i (eps1[i] + eps2[i]))^(1/n)``, computed in log space."""
-    width = (eps_lower + eps_upper).flatten(1).double()
-    return torch.where((width > 0).all(dim=1), width.clamp_min(1e-300).log().mean(dim=1).exp(), 0.0)
-
-
 def summarise(results: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
     """Build the ``summary.json`` content from the gathered per-example results.
 
@@ -87,7 +81,7 @@ def summarise(results: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
     summary: dict[str, Any] = {"kinds": {}, "ratios": {}, "shape_statistics": {}}
     for kind, result in results.items():
         certified = result["certified"]
-        widths = geometric_mean_widths(result["eps_lower"], result["eps_upper"])
+        widths = geometric_mean_width(result["eps_lower"], result["eps_upper"])
         summary["kinds"][kind] = {
             "examples": int(certified.numel()),
             "certified_fraction": float(certified.double().mean()) if certified.numel() else 0.0,
@@ -98,7 +92,8 @@ def summarise(results: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
     if "asymmetric" in kinds:
         for other, key in (("uniform", "asymmetric/uniform"), ("nonuniform", "asymmetric/nonuniform")):
             if other in kinds and kinds[other]["mean_geometric_width"] > 0:
-                summary["ratios"][key] = kinds["asymmetric"]["mean_geometric_width"] / kinds[other]["mean_geometric_width"]
+                asymmetric_width = kinds["asymmetric"]["mean_geometric_width"]
+                summary["ratios"][key] = asymmetric_width / kinds[other]["mean_geometric_width"]
     for kind, result in results.items():
         mask = result["certified"]
         if int(mask.sum()) < 2:
@@ -174,7 +169,7 @@ def write_report(
                 writer.add_histogram(f"certify/{kind}/eps_lower", result["eps_lower"][mask].flatten(), 0)
                 writer.add_histogram(f"certify/{kind}/eps_upper", result["eps_upper"][mask].flatten(), 0)
                 writer.add_histogram(f"certify/{kind}/width",
-                                     geometric_mean_widths(result["eps_lower"], result["eps_upper"])[mask], 0)
+                                     geometric_mean_width(result["eps_lower"], result["eps_upper"])[mask], 0)
             if count > 0 and is_image:
                 width = result["eps_lower"][:count] + result["eps_upper"][:count]
                 writer.add_image(f"certify/{kind}/heatmap", colormap_grid(1 - width), 0)

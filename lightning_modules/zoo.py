@@ -3,8 +3,8 @@
 Architectures (Amoeba appendix, Tables 6 and 7; Section 4.1; ACTS Section 4.1):
 
 - ``fc100`` / ``fc300`` / ``fc500``: Flatten, three hidden ``Linear + ReLU`` layers of 100/300/500 units, output layer.
-- ``lenet``: ``Conv(C,6,3,1,1)-ReLU-MaxPool(2,2)-Conv(6,16,5,1,0)-ReLU-MaxPool(2,2)-Flatten-FC(120)-ReLU-FC(84)-ReLU-FC(K)``
-  for 1x28x28 (MNIST, Fashion-MNIST) and 3x32x32 (SVHN) inputs.
+- ``lenet``: ``Conv(C,6,3,1,1)-ReLU-MaxPool(2,2)-Conv(6,16,5,1,0)-ReLU-MaxPool(2,2)-Flatten-FC(120)-ReLU-FC(84)-
+  ReLU-FC(K)`` for 1x28x28 (MNIST, Fashion-MNIST) and 3x32x32 (SVHN) inputs.
 - ``fcnn2d``: the 2-D synthetic classifier with hidden layers of 16 and 32 ReLU units.
 - ``and_gate``: the ACTS AND-gate toy, a two-layer net (one hidden layer of 8 ReLU units, two outputs).
 """

@@ -1,0 +1,91 @@
+"""certify.py end to end: a trained checkpoint -> summary.json, radii, figures, TensorBoard; every box is sound."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import (
+    STORE_EVERYTHING_SIZE_GUIDANCE,
+    EventAccumulator,
+)
+
+import certify
+import train
+from bounds.margins import margin_lower_bounds
+from tests.soundness import assert_label_constant
+
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+SMALL_DATA = ["--data.init_args.max_train_examples=600", "--data.init_args.max_eval_examples=120",
+              "--model.init_args.eval_attack_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    log_dir = tmp_path_factory.mktemp("logs")
+    cli = train.main(["--config", "normal_lenet.yaml", "--trainer.max_epochs=2",
+                      f"--trainer.logger.init_args.save_dir={log_dir}", *SMALL_DATA, *QUIET])
+    return Path(cli.trainer.checkpoint_callback.last_model_path)
+
+
+def test_certify_writes_a_sound_report(trained_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    summary = certify.main(["--config", "normal_lenet.yaml", f"--ckpt_path={trained_checkpoint}",
+                            "--certify.num_examples=24", "--certify.batch_size=10", f"--certify.output_dir={out}",
+                            "--certify.num_figure_examples=4", f"--trainer.logger.init_args.save_dir={tmp_path}",
+                            *SMALL_DATA, *QUIET])
+    assert summary is not None
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert set(on_disk["kinds"]) == {"uniform", "nonuniform", "asymmetric"}
+    for kind, values in on_disk["kinds"].items():
+        assert values["examples"] == 24, kind
+        assert 0.0 < values["certified_fraction"] <= 1.0
+        assert values["mean_geometric_width"] > 0
+        assert values["seconds_per_example"] > 0
+    widths = {k: v["mean_geometric_width"] for k, v in on_disk["kinds"].items()}
+    assert widths["asymmetric"] >= widths["nonuniform"] >= widths["uniform"]
+    assert on_disk["ratios"]["asymmetric/uniform"] == pytest.approx(widths["asymmetric"] / widths["uniform"])
+    shape_statistics = on_disk["shape_statistics"]["asymmetric"]
+    assert {"cosine_width", "wasserstein_width", "wasserstein_explorer"} <= set(shape_statistics)
+    assert (out / "figures" / "heatmaps.png").stat().st_size > 0
+    assert (out / "figures" / "explorer.png").stat().st_size > 0
+
+    # Every certified box is re-verified and attacked: no counterexample.
+    radii = torch.load(out / "radii.pt")
+    cli = train.main(["--config", "normal_lenet.yaml", "--trainer.fast_dev_run=true", *QUIET,
+                      f"--trainer.logger.init_args.save_dir={tmp_path / 'x'}", *SMALL_DATA])
+    model = cli.model
+    model.load_state_dict(torch.load(trained_checkpoint, weights_only=False)["state_dict"])
+    network = model.model.eval()
+    cli.datamodule.setup("test")
+    for kind, result in radii.items():
+        index = result["index"]
+        assert index.tolist() == sorted(set(index.tolist())), "each example certified exactly once"
+        x = torch.stack([cli.datamodule.test_set[int(i)][0] for i in index])
+        y = torch.tensor([int(cli.datamodule.test_set[int(i)][1]) for i in index])
+        certified = result["certified"]
+        lower, upper = x - result["eps_lower"], x + result["eps_upper"]
+        margins = margin_lower_bounds(network, lower[certified], upper[certified], y[certified])
+        assert bool((margins >= 1e-4 - 1e-7).all()), kind
+        assert_label_constant(network, lower, upper, y, mask=certified, pgd_steps=20, num_samples=16)
+
+    run = next((tmp_path / "normal_lenet").iterdir())
+    events = EventAccumulator(str(run), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE).Reload()
+    tags = events.Tags()
+    assert {"certify/asymmetric/mean_geometric_width", "certify/uniform/certified_fraction",
+            "certify/ratio/asymmetric_over_uniform"} <= set(tags["scalars"])
+    assert "certify/asymmetric/eps_lower" in tags["histograms"]
+    assert {"certify/asymmetric/heatmap", "certify/asymmetric/explorer"} <= set(tags["images"])
+
+
+def test_certify_requires_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--ckpt_path"):
+        certify.main(["--config", "normal_lenet.yaml", *QUIET])
+
+
+def test_certify_rejects_a_checkpoint_of_another_model(trained_checkpoint: Path, tmp_path: Path) -> None:
+    from cli import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError, match="lenet"):
+        certify.main(["--config", "normal_lenet.yaml", "--model.init_args.architecture=fc100",
+                      f"--ckpt_path={trained_checkpoint}", f"--trainer.logger.init_args.save_dir={tmp_path}", *QUIET])
