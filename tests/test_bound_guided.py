@@ -191,7 +191,10 @@ def test_short_bound_guided_run_increases_asymmetric_width() -> None:
 
 
 def test_trains_through_train_main_with_bound_loss(tmp_path: Path) -> None:
+    # The LeNet config's module and schedule on the small 2-D data (the config itself runs in test_train.py).
     cli = train.main(["--config", "bound_guided_lenet.yaml", "--trainer.max_epochs=1",
+                      "--data=datamodules.Synthetic2DDataModule", "--data.init_args.num_points=400",
+                      "--model.init_args.architecture=fcnn2d",
                       "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
                       "--trainer.limit_test_batches=1", "--trainer.log_every_n_steps=1",
                       f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
