@@ -80,10 +80,10 @@ class ACTSCallback(Callback):
 
     **Subset, schedule, side effects**: as :class:`~callbacks.AmoebaBoundCallback`: the validation examples with
     dataset index below ``num_examples`` (the same for every world size), epochs ``epoch % every_n_epochs == 0``
-    during ``fit``, always under ``trainer.validate``, never in the sanity check; RNG states, modes and
-    ``requires_grad`` flags are restored. PGD's random start is drawn per example from ``(seed, index)``, so
-    scores do not depend on batching or on the number of ranks, and are the same on every epoch for the same
-    weights.
+    during ``fit``, always under ``trainer.validate``, never in the sanity check or a ``fast_dev_run``; RNG
+    states, modes and ``requires_grad`` flags are restored. PGD's random start is drawn per example from
+    ``(seed, index)``, so scores do not depend on batching or on the number of ranks, and are the same on every
+    epoch for the same weights.
 
     **Network**: ``model_attribute`` if given, else the LightningModule itself (its ``forward`` must map inputs
     to logits); any architecture works, no interval propagation is involved (``torch.func.jvp`` must support
@@ -193,7 +193,7 @@ class ACTSCallback(Callback):
         self._range = resolve_input_range(self.input_range, trainer, pl_module)
 
     def _should_run(self, trainer: Trainer) -> bool:
-        if self._disabled or self._network is None or trainer.sanity_checking:
+        if self._disabled or self._network is None or trainer.sanity_checking or trainer.fast_dev_run:
             return False
         if trainer.state.fn == TrainerFn.VALIDATING:
             return True

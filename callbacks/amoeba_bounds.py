@@ -64,8 +64,8 @@ class AmoebaBoundCallback(Callback):
     ``num_image_examples``.
 
     **Schedule**: during ``fit`` it runs on epochs ``0, n, 2n, ...`` (``epoch % every_n_epochs == 0``), never
-    during the sanity check, and at most once per global step (a resumed run does not log a step twice); under
-    ``trainer.validate`` it always runs.
+    during the sanity check or a ``fast_dev_run`` (its loggers are off), and at most once per global step (a
+    resumed run does not log a step twice); under ``trainer.validate`` it always runs.
 
     **Network**: ``model_attribute`` if given, else ``pl_module.model`` if it is an ``nn.Module``, else
     ``pl_module``. It must be a nested ``nn.Sequential`` of layers :mod:`bounds.interval` supports; otherwise one
@@ -86,7 +86,7 @@ class AmoebaBoundCallback(Callback):
         batch_size: Examples certified together (``None``: a validation batch's selected examples at once).
         delta: Margin the certificates prove (``lower[y] - upper[j] >= delta``).
         clip_to_input_range: Certify boxes intersected with the input range (widths of the clipped boxes).
-        num_image_examples: Examples shown in the image grids (``0``: no images); at most ``num_examples``.
+        num_image_examples: Examples shown in the image grids (``0``: no images); capped at ``num_examples``.
         seed: Seed passed to :func:`~bounds.certify.certify`.
         model_attribute: Dotted attribute path of the network inside the LightningModule, or a list of them
             chained in order (e.g. ``["normalize", "net"]`` when ``forward`` applies ``normalize`` then ``net``).
@@ -124,8 +124,6 @@ class AmoebaBoundCallback(Callback):
         if not delta > 0:
             raise ValueError(f"delta must be positive, got {delta!r}")
         check_positive("num_image_examples", num_image_examples, minimum=0)
-        if num_image_examples > num_examples:
-            raise ValueError(f"num_image_examples ({num_image_examples}) must not exceed num_examples ({num_examples})")
         check_positive("seed", seed, minimum=0)
         check_positive("iterations", iterations, minimum=0)
         self.kinds: tuple[str, ...] = kinds
@@ -134,7 +132,7 @@ class AmoebaBoundCallback(Callback):
         self.batch_size = batch_size
         self.delta = float(delta)
         self.clip_to_input_range = bool(clip_to_input_range)
-        self.num_image_examples = num_image_examples
+        self.num_image_examples = min(num_image_examples, num_examples)
         self.seed = seed
         self.model_attribute = check_model_attribute(model_attribute)
         self.input_range = check_input_range(input_range)
@@ -145,6 +143,7 @@ class AmoebaBoundCallback(Callback):
         self._network: nn.Module | None = None
         self._range: tuple[float, float] = (-1.0, 1.0)
         self._disabled = False
+        self._uses_inner = False
         self._active = False
         self._failed_here = False
         self._input_shape: tuple[int, ...] | None = None
@@ -187,14 +186,16 @@ class AmoebaBoundCallback(Callback):
         if self._disabled or self._network is not None:
             return
         network, where = resolve_network(pl_module, self.model_attribute, prefer_inner=True)
+        self._uses_inner = where == "pl_module.model"
         try:
             check_supported(network)
         except UnsupportedLayerError as error:
             self._disabled = True
             rank_zero_warn(
                 f"{type(self).__name__} is disabled: interval propagation cannot bound {where}: unsupported layer "
-                f"{error.layer_type} at '{error.path or '<root>'}'. Certification needs a nested nn.Sequential of "
-                "supported layers (see bounds.interval); pass model_attribute to name it. Training continues."
+                f"{error.layer_type} at '{self._qualified_path(error.path)}'. Certification needs a nested "
+                "nn.Sequential of supported layers (see bounds.interval); pass model_attribute to name it. "
+                "Training continues."
             )
             return
         self._network = network
@@ -204,8 +205,20 @@ class AmoebaBoundCallback(Callback):
                              "a datamodule or module that defines input_range")
         self._range = input_range if input_range is not None else (-1.0, 1.0)
 
+    def _qualified_path(self, path: str) -> str:
+        """The dotted path of a layer inside the LightningModule (``pl_module.net.3``) from its path in the network."""
+        names = self.model_attribute
+        if names is not None and len(names) > 1:
+            head, _, rest = path.partition(".")
+            if head.isdigit() and int(head) < len(names):
+                return f"pl_module.{names[int(head)]}" + (f".{rest}" if rest else "")
+            return path or "<root>"
+        inner = "pl_module.model" if self._uses_inner else "pl_module"
+        base = f"pl_module.{names[0]}" if names is not None else inner
+        return f"{base}.{path}" if path else base
+
     def _should_run(self, trainer: Trainer) -> bool:
-        if self._disabled or self._network is None or trainer.sanity_checking:
+        if self._disabled or self._network is None or trainer.sanity_checking or trainer.fast_dev_run:
             return False
         if trainer.state.fn == TrainerFn.VALIDATING:
             return True
