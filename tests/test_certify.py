@@ -138,24 +138,28 @@ def test_uniform_is_tight():
     assert bool((margins[cert.certified] < 1e-4).all())
 
 
-def test_paper_1d_example():
-    """Amoeba Eq. 1 / Figure 1: x = 0.3 in [0, 1], decision boundary at 0.5."""
+@pytest.mark.parametrize("options,tol", [({}, 2e-2), ({"iterations": 200, "lr_decay": True}, 2e-3)])
+def test_paper_1d_example(options, tol):
+    """Amoeba Eq. 1 / Figure 1: x = 0.3 in [0, 1], decision boundary at 0.5.
+
+    The symmetric boxes are exact up to delta; the asymmetric right end is as close to 0.5 as the
+    optimiser gets (40 constant-lr Adam steps by default, closer with more steps and lr decay).
+    """
     model = nn.Linear(1, 2)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[-1.0], [1.0]]))
         model.bias.copy_(torch.tensor([0.5, -0.5]))
     x, y = torch.tensor([[0.3]]), torch.tensor([0])
-    tol = 5e-3
     boxes = {}
     for kind in KINDS:
-        cert = certify(model, x, y, kind, clip_to_input_range=True, input_range=(0.0, 1.0))
+        cert = certify(model, x, y, kind, clip_to_input_range=True, input_range=(0.0, 1.0), **options)
         assert bool(cert.certified.all())
         boxes[kind] = ((x - cert.eps_lower).item(), (x + cert.eps_upper).item())
     assert boxes["asymmetric"][0] == pytest.approx(0.0, abs=tol)
     assert boxes["asymmetric"][1] == pytest.approx(0.5, abs=tol) and boxes["asymmetric"][1] < 0.5
     for kind in ("uniform", "nonuniform"):
-        assert boxes[kind][0] == pytest.approx(0.1, abs=tol)
-        assert boxes[kind][1] == pytest.approx(0.5, abs=tol) and boxes[kind][1] < 0.5
+        assert boxes[kind][0] == pytest.approx(0.1, abs=1e-3)
+        assert boxes[kind][1] == pytest.approx(0.5, abs=1e-3) and boxes[kind][1] < 0.5
 
 
 @pytest.mark.parametrize("kind", KINDS)
