@@ -80,6 +80,7 @@ class AdversarialClassifier(ImageClassifier):
             steps=hp.attack_steps,
             random_start=hp.attack_random_start,
             input_range=tuple(hp.input_range),
+            record_steps=False,
         ).adversarial.detach()
         logits_adv = self(x_adv)
         loss = F.cross_entropy(logits_adv, y)

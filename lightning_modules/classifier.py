@@ -104,6 +104,7 @@ class ImageClassifier(LightningModule):
             steps=hp.eval_attack_steps,
             random_start=True,
             input_range=tuple(hp.input_range),
+            record_steps=False,
         ).adversarial
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
