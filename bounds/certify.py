@@ -134,8 +134,9 @@ def certify(
 
     Runs with gradients enabled even inside ``torch.no_grad()``/``torch.inference_mode()`` on cloned
     inputs, with the model in eval mode (every submodule's mode is restored afterwards); parameters and
-    their ``requires_grad`` flags are not touched. Deterministic: there is no randomness; ``seed`` seeds
-    a local generator reserved for randomised options and keeps the signature stable.
+    their ``requires_grad`` flags are not touched. Deterministic: the algorithms draw no random numbers
+    (the warm start is the uniform radius), so equal inputs give bit-identical results; ``seed`` is kept
+    in the signature for randomised options and never touches the global RNG.
 
     Args:
         model: Maps inputs to logits ``(B, K)``; a nested ``nn.Sequential`` of layers that
@@ -148,7 +149,7 @@ def certify(
             and report the clipped radii (then ``eps_lower`` and ``eps_upper`` may differ at the range
             ends even for the symmetric kinds).
         input_range: ``(low, high)`` of valid inputs; also sets the initial uniform bisection bracket.
-        seed: Seed of the local generator (the global RNG is never used).
+        seed: Reserved for randomised options (none of the current ones draws random numbers).
         iterations: Algorithm 1 iterations (``I``).
         lr: Adam learning rate on ``log eps``.
         penalty_init: Initial augmented-Lagrangian coefficient ``eta``.
@@ -176,7 +177,8 @@ def certify(
     options = LagrangianOptions(iterations=iterations, lr=lr, penalty_init=penalty_init,
                                 penalty_growth=penalty_growth, penalty_every=penalty_every, dual_every=dual_every,
                                 shrink_steps=shrink_steps, init_scale=init_scale, lr_decay=lr_decay)
-    torch.Generator(device="cpu").manual_seed(seed)  # validates the seed; no option draws from it yet
+    if not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
     clip = (float(input_range[0]), float(input_range[1])) if clip_to_input_range else None
     bracket = float(input_range[1] - input_range[0])
     chunk = batch_size or max(x.shape[0], 1)

@@ -23,7 +23,8 @@ shrink ``eps <- 0.99 eps`` until feasible), all measured in ``benchmarks/bench_c
 
 - ``eps = exp(s)``: positive, scale-free steps; Adam on ``s`` (lr 0.2, no decay).
 - Warm start from the uniform radius (a feasible point), 40 iterations instead of 400.
-- Each example's constraints are divided by its clean margin ``min_j (f(x)_t - f(x)_j) - delta``, so
+- Each example's constraints are divided by its clean margin ``min_j (f(x)_t - f(x)_j)`` (at least
+  ``delta``), so
   ``v`` is a relative margin and the multipliers are of order one whatever the logit scale or input size.
 - A constant penalty ``eta = 1`` (no growth) with dual updates every 5 steps: on MNIST LeNet models
   larger or growing penalties made the multipliers overshoot (iterates pushed deep inside the feasible
