@@ -98,47 +98,54 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, examples:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", nargs="+", default=["normal", "pgd", "guided"], choices=sorted(MODES))
+    parser.add_argument("--modes", nargs="+", default=["normal", "pgd", "guided"],
+                        help=f"Modes to train (or load with --ckpt): {', '.join(MODES)}.")
     parser.add_argument("--epochs", type=int, default=12, help="Epoch budget of every mode.")
     parser.add_argument("--examples", type=int, default=300, help="Correct test digits whose widths are averaged.")
     parser.add_argument("--batch-size", type=int, default=100, help="Certification batch size.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded box).")
     parser.add_argument("--ckpt", action="append", default=[], metavar="MODE=PATH",
-                        help="Load this checkpoint instead of training MODE (repeatable).")
+                        help="Load this checkpoint instead of training MODE (repeatable); MODE:NAME adds a row NAME "
+                        "evaluated with MODE's class (e.g. guided:ratio3=PATH).")
     parser.add_argument("--log-dir", default=None, help="Training logs folder (default: a temporary folder).")
     parser.add_argument("--guided-arg", action="append", default=[], metavar="ARG",
                         help="Extra train.py argument for the guided modes, e.g. --guided-arg=--model.init_args.x=1.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     checkpoints = dict(item.split("=", 1) for item in args.ckpt)
+    labels = list(dict.fromkeys([*args.modes, *checkpoints]))
+    for label in labels:
+        if label.split(":")[0] not in MODES:
+            parser.error(f"unknown mode in {label!r}; choose from {', '.join(MODES)}")
     _, _, test = embedded_mnist_splits(0)
     x, y = test.tensors
     rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         log_dir = Path(args.log_dir or tmp)
-        for mode in args.modes:
+        for label in labels:
+            mode = label.split(":")[0]
             _, cls, _ = MODES[mode]
-            if mode in checkpoints:
-                model, ckpt, seconds = cls.load_from_checkpoint(checkpoints[mode], map_location="cpu"), checkpoints[
-                    mode], float("nan")
+            if label in checkpoints:
+                ckpt, seconds = checkpoints[label], float("nan")
+                model = cls.load_from_checkpoint(ckpt, map_location="cpu")
             else:
                 extra = args.guided_arg if mode.startswith("guided") else []
                 model, ckpt, seconds = train_mode(mode, args.epochs, log_dir, extra)
-            print(f"[{mode}] checkpoint {ckpt} (fit {seconds:.0f} s)", flush=True)
-            rows[mode] = evaluate(model.model, x, y, args.examples, args.batch_size)
-            rows[mode]["fit s"] = seconds
-            print(f"[{mode}] {rows[mode]}", flush=True)
+            print(f"[{label}] checkpoint {ckpt} (fit {seconds:.0f} s)", flush=True)
+            rows[label] = evaluate(model.model, x, y, args.examples, args.batch_size)
+            rows[label]["fit s"] = seconds
+            print(f"[{label}] {rows[label]}", flush=True)
     columns = ["clean", "pgd@0.1", "asym w", "unif w", "asym/unif", *[f"cert@{r}" for r in RADII], "n cert",
                "asym s", "fit s"]
     print(f"\nLeNet, embedded MNIST ({x.shape[0]} test digits), {args.epochs} epochs, widths over up to "
           f"{args.examples} correct digits, torch threads {args.threads}")
-    print(f"{'mode':<15}" + "".join(f"{c:>11}" for c in columns))
+    print(f"{'mode':<22}" + "".join(f"{c:>11}" for c in columns))
     for mode, row in rows.items():
         cells = []
         for c in columns:
             value = row[c]
             cells.append(f"{value:>11.0f}" if c in ("n cert", "asym s", "fit s") else f"{value:>11.4f}")
-        print(f"{mode:<15}" + "".join(cells))
+        print(f"{mode:<22}" + "".join(cells))
 
 
 if __name__ == "__main__":
