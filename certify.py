@@ -11,7 +11,14 @@ certified exactly once) and writes to ``certify.output_dir``:
 - ``radii.pt``: per kind the dataset indices, ``eps_lower``, ``eps_upper``, ``certified`` of every example;
 - ``figures/heatmaps.png`` (Figure 4, ``1 - (eps1 + eps2)`` per kind) and ``figures/explorer.png``
   (``eps2 - eps1``) for a grid of examples;
-- the same scalars, histograms and images under ``certify/`` in the run's TensorBoard logger.
+- the same scalars, histograms and images under ``certify/`` in the run's TensorBoard logger;
+- unless ``certify.attacks`` is false, the attacks report (Amoeba Table 4; :mod:`lightning_modules.attack_report`)
+  on the first ``certify.attack_num_examples`` of those examples: ``attacks.json``, ``attacks.md`` and
+  ``certify/attacks/<attack>/<plain|s|a>/<accuracy|l_inf|l_0|l_2|l_1>`` scalars; the guided variants reuse the
+  certificates computed above;
+- unless ``certify.acts`` is false, the ACTS protocol report (ACTS Section 4, Tables 1, 2, 3, 7, with CLEVER;
+  :mod:`lightning_modules.acts_report`) on the first ``certify.acts_num_examples``: ``acts.json``, ``acts.md``,
+  ``figures/acts_histograms.png`` and ``certify/acts/...`` scalars, histograms and an image.
 """
 
 import json
@@ -28,6 +35,8 @@ from torch.utils.data import DataLoader, Dataset
 from bounds.analysis import geometric_mean_width, pairwise_cosine_similarity, pairwise_wasserstein_distance
 from callbacks.figures import colormap_grid, map_rows_figure, save_figure
 from cli import CertifyOptions, check_checkpoint_matches, make_cli
+from lightning_modules.acts_report import ACTSProtocol, write_acts_report
+from lightning_modules.attack_report import AttackReport, write_attacks_report
 from lightning_modules.certification import CertificationTask, IndexedDataset
 
 log = logging.getLogger("certify")
@@ -53,6 +62,21 @@ def correctly_classified_indices(model: nn.Module, dataset: Dataset, limit: int,
     Returns:
         Sorted indices, at most ``limit`` of them.
     """
+    return select_correct(model, dataset, limit, batch_size)[0]
+
+
+def select_correct(model: nn.Module, dataset: Dataset, limit: int, batch_size: int = 500) -> tuple[list[int], float]:
+    """The first ``limit`` correctly classified indices and the accuracy over the examples scanned to find them.
+
+    Args:
+        model: Classifier returning logits.
+        dataset: Dataset of ``(x, y)``.
+        limit: How many indices to return at most.
+        batch_size: Evaluation batch size.
+
+    Returns:
+        ``(indices, clean_accuracy)``; the accuracy covers the scanned prefix of ``dataset`` (whole batches).
+    """
     chosen: list[int] = []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     was_training = model.training
@@ -66,7 +90,7 @@ def correctly_classified_indices(model: nn.Module, dataset: Dataset, limit: int,
             if len(chosen) >= limit:
                 break
     model.train(was_training)
-    return chosen[:limit]
+    return chosen[:limit], len(chosen) / max(offset, 1)
 
 
 def summarise(results: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
@@ -203,13 +227,17 @@ def main(args: Sequence[str] | None = None) -> dict[str, Any] | None:
     datamodule.setup("test")
     dataset = datamodule.test_set
     network = classifier_of(cli.model)
-    indices = correctly_classified_indices(network, dataset, options.num_examples)
+    indices, clean_accuracy = select_correct(network, dataset, options.num_examples)
     if not indices:
         raise ValueError("The model classifies no test example correctly: nothing to certify")
     input_range = tuple(getattr(datamodule, "input_range", (-1.0, 1.0)))
+    attack_report = make_attack_report(options, input_range) if options.attacks else None
+    acts_protocol = make_acts_protocol(options, input_range) if options.acts else None
     task = CertificationTask(network, options.kinds, delta=options.delta,
                              clip_to_input_range=options.clip_to_input_range, input_range=input_range,
-                             seed=options.seed)
+                             seed=options.seed, attack_report=attack_report,
+                             attack_indices=indices[: options.attack_num_examples], acts_protocol=acts_protocol,
+                             acts_indices=indices[: options.acts_num_examples])
     loader = DataLoader(IndexedDataset(dataset, indices), batch_size=options.batch_size, shuffle=False)
     trainer = cli.trainer
     trainer.test(task, dataloaders=loader, verbose=False)
@@ -219,8 +247,59 @@ def main(args: Sequence[str] | None = None) -> dict[str, Any] | None:
     logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
     summary = write_report(task.results, dataset, options, output_dir, input_range, logger)
     trainer.print(json.dumps({k: summary[k] for k in ("kinds", "ratios")}, indent=2))
+    writer = logger.experiment if logger is not None else None
+    if attack_report is not None:
+        summary["attacks"] = write_attacks_report(task.attack_results, attack_report.specs(), output_dir, writer)
+        trainer.print((output_dir / "attacks.md").read_text())
+    if acts_protocol is not None:
+        model_name = str(cli.model.hparams.get("architecture", type(network).__name__))
+        summary["acts"] = write_acts_report(task.acts_results, acts_protocol, output_dir, writer,
+                                            bins=options.acts_bins, clean_accuracy=clean_accuracy,
+                                            model_name=model_name)
+        trainer.print((output_dir / "acts.md").read_text())
     trainer.print(f"Report written to {output_dir}")
     return summary
+
+
+def make_attack_report(options: CertifyOptions, input_range: tuple[float, float]) -> AttackReport:
+    """The attacks of the report (Amoeba Table 4) from the ``certify`` options."""
+    return AttackReport(
+        fgsm_eps=options.attack_fgsm_eps,
+        pgd_linf_eps=options.attack_pgd_linf_eps,
+        pgd_linf_step_size=options.attack_pgd_linf_step_size,
+        pgd_linf_steps=options.attack_pgd_linf_steps,
+        pgd_l2_eps=options.attack_pgd_l2_eps,
+        pgd_l2_step_size=options.attack_pgd_l2_step_size,
+        pgd_l2_steps=options.attack_pgd_l2_steps,
+        cw_kappa=options.attack_cw_kappa,
+        cw_search_steps=options.attack_cw_search_steps,
+        cw_max_iterations=options.attack_cw_max_iterations,
+        cw_c_init=options.attack_cw_c_init,
+        cw_lr=options.attack_cw_lr,
+        p_start=options.attack_p_start,
+        p_step=options.attack_p_step,
+        p_max=options.attack_p_max,
+        input_range=input_range,
+        seed=options.seed,
+    )
+
+
+def make_acts_protocol(options: CertifyOptions, input_range: tuple[float, float]) -> ACTSProtocol:
+    """The ACTS protocol (ACTS Section 4, with CLEVER) from the ``certify`` options."""
+    return ACTSProtocol(
+        eps_levels=options.acts_eps,
+        steps=options.acts_steps,
+        step_fraction=options.acts_step_fraction,
+        top_k=options.acts_top_k,
+        clever_norms=options.clever_norms,
+        clever_radius_l2=options.clever_radius_l2,
+        clever_radius_linf=options.clever_radius_linf,
+        clever_num_batches=options.clever_num_batches,
+        clever_batch_size=options.clever_batch_size,
+        clever_top_k=options.clever_top_k,
+        input_range=input_range,
+        seed=options.seed,
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
+DEFAULT_ACTS_EPS = (0.1, 0.15, 0.2)
+"""Default noise levels N1-N3 of the ACTS protocol report (``certify.acts_eps``), chosen by measurement."""
+
 
 class CertifyOptions:
     """Options of ``certify.py`` (the ``certify:`` group of every config; ``train.py`` ignores them).
@@ -30,7 +33,42 @@ class CertifyOptions:
             as in the paper.
         output_dir: Folder for the report; default ``<checkpoint folder>/../certify``.
         num_figure_examples: Examples drawn in the heatmap and Explorer figures.
-        seed: Seed of the certification optimiser.
+        seed: Seed of the certification optimiser (and of the attacks' and CLEVER's random draws).
+        attacks: Write the attacks report (Amoeba Table 4: plain, ``^s`` and ``^a`` attacks; ``attacks.json``,
+            ``attacks.md``, ``certify/attacks/...`` tags).
+        attack_num_examples: Cap on the examples attacked (the first ones of the certified examples).
+        attack_fgsm_eps: FGSM l_inf budgets (Amoeba Table 8, MNIST: 0.2 and 0.3).
+        attack_pgd_linf_eps: PGD l_inf budget (Table 8: 0.2).
+        attack_pgd_linf_step_size: PGD l_inf step (Table 8: 0.015).
+        attack_pgd_linf_steps: PGD l_inf steps (Table 8: 20).
+        attack_pgd_l2_eps: PGD l_2 budget (Table 8: 5.0 for MNIST/FMNIST, 10.0 for SVHN).
+        attack_pgd_l2_step_size: PGD l_2 step (Table 8: 0.5).
+        attack_pgd_l2_steps: PGD l_2 steps (Table 8: 20).
+        attack_cw_kappa: C&W confidence (Table 8: 0).
+        attack_cw_search_steps: C&W binary-search steps over its constant (the reference code: 9).
+        attack_cw_max_iterations: C&W Adam iterations per search step (the reference code: 10,000).
+        attack_cw_c_init: C&W's initial constant ``c`` (the reference code: 1e-3).
+        attack_cw_lr: C&W's Adam learning rate (the reference code: 1e-2 with 10,000 iterations).
+        attack_p_start: First proportion of pixels of the guided attacks (Amoeba Algorithm 2).
+        attack_p_step: Increase of the proportion per round of Algorithm 2.
+        attack_p_max: Last proportion of Algorithm 2.
+        acts: Write the ACTS protocol report (ACTS Section 4, Tables 1, 2, 3, 7; ``acts.json``, ``acts.md``,
+            ``figures/acts_histograms.png``, ``certify/acts/...`` tags).
+        acts_num_examples: Cap on the examples of the ACTS protocol (the first ones of the certified examples).
+        acts_eps: l_inf noise levels N1 < N2 < N3 of the PGD attack, in input units (inputs in [-1, 1]); the
+            defaults make PGD fool about 10% to 50% of the quickstart LeNets' examples.
+        acts_steps: PGD steps at every level (the ACTS paper: 3).
+        acts_step_fraction: PGD step size as a fraction of the level's eps (the ACTS paper: 0.5).
+        acts_top_k: Competing classes of ACTS (the ACTS paper: 10).
+        acts_bins: Histogram bins of Overlap%.
+        clever_norms: CLEVER norms scored beside ACTS (ACTS Table 7 has both); empty for no CLEVER.
+        clever_radius_l2: CLEVER's l_2 sampling radius (and largest score).
+        clever_radius_linf: CLEVER's l_inf sampling radius (and largest score).
+        clever_num_batches: CLEVER's number of batches ``N_b`` (small by default for speed; the paper: 500).
+        clever_batch_size: CLEVER's samples per batch ``N_s`` (small by default for speed; the paper: 1024).
+        clever_paper_sizes: Use the CLEVER paper's 500 x 1024 samples instead of the two options above.
+        clever_top_k: CLEVER's competing classes (1: the runner-up, CLEVER's "top-2" target that ACTS Table 4
+            compares with; ``null``: all classes).
     """
 
     def __init__(
@@ -43,9 +81,46 @@ class CertifyOptions:
         output_dir: str | None = None,
         num_figure_examples: int = 16,
         seed: int = 0,
+        attacks: bool = True,
+        attack_num_examples: int = 200,
+        attack_fgsm_eps: list[float] | None = None,
+        attack_pgd_linf_eps: float = 0.2,
+        attack_pgd_linf_step_size: float = 0.015,
+        attack_pgd_linf_steps: int = 20,
+        attack_pgd_l2_eps: float = 5.0,
+        attack_pgd_l2_step_size: float = 0.5,
+        attack_pgd_l2_steps: int = 20,
+        attack_cw_kappa: float = 0.0,
+        attack_cw_search_steps: int = 6,
+        attack_cw_max_iterations: int = 200,
+        attack_cw_c_init: float = 1e-2,
+        attack_cw_lr: float = 5e-2,
+        attack_p_start: float = 0.1,
+        attack_p_step: float = 0.1,
+        attack_p_max: float = 1.0,
+        acts: bool = True,
+        acts_num_examples: int = 500,
+        acts_eps: list[float] | None = None,
+        acts_steps: int = 3,
+        acts_step_fraction: float = 0.5,
+        acts_top_k: int = 10,
+        acts_bins: int = 20,
+        clever_norms: list[Literal["l2", "linf"]] | None = None,
+        clever_radius_l2: float = 2.0,
+        clever_radius_linf: float = 0.3,
+        clever_num_batches: int = 20,
+        clever_batch_size: int = 64,
+        clever_paper_sizes: bool = False,
+        clever_top_k: int | None = 1,
     ) -> None:
         if num_examples < 1 or batch_size < 1 or num_figure_examples < 0:
             raise ValueError("num_examples and batch_size must be >= 1 and num_figure_examples >= 0")
+        if attack_num_examples < 1 or acts_num_examples < 1 or acts_bins < 1:
+            raise ValueError("attack_num_examples, acts_num_examples and acts_bins must be >= 1")
+        fgsm_eps = [0.2, 0.3] if attack_fgsm_eps is None else list(attack_fgsm_eps)
+        levels = list(DEFAULT_ACTS_EPS) if acts_eps is None else list(acts_eps)
+        if len(levels) < 1 or any(e <= 0 for e in levels) or levels != sorted(levels):
+            raise ValueError(f"certify.acts_eps must be positive and increasing, got {levels}")
         self.num_examples = num_examples
         self.kinds = list(kinds) if kinds is not None else ["uniform", "nonuniform", "asymmetric"]
         self.batch_size = batch_size
@@ -54,6 +129,37 @@ class CertifyOptions:
         self.output_dir = output_dir
         self.num_figure_examples = num_figure_examples
         self.seed = seed
+        self.attacks = attacks
+        self.attack_num_examples = attack_num_examples
+        self.attack_fgsm_eps = fgsm_eps
+        self.attack_pgd_linf_eps = attack_pgd_linf_eps
+        self.attack_pgd_linf_step_size = attack_pgd_linf_step_size
+        self.attack_pgd_linf_steps = attack_pgd_linf_steps
+        self.attack_pgd_l2_eps = attack_pgd_l2_eps
+        self.attack_pgd_l2_step_size = attack_pgd_l2_step_size
+        self.attack_pgd_l2_steps = attack_pgd_l2_steps
+        self.attack_cw_kappa = attack_cw_kappa
+        self.attack_cw_search_steps = attack_cw_search_steps
+        self.attack_cw_max_iterations = attack_cw_max_iterations
+        self.attack_cw_c_init = attack_cw_c_init
+        self.attack_cw_lr = attack_cw_lr
+        self.attack_p_start = attack_p_start
+        self.attack_p_step = attack_p_step
+        self.attack_p_max = attack_p_max
+        self.acts = acts
+        self.acts_num_examples = acts_num_examples
+        self.acts_eps = levels
+        self.acts_steps = acts_steps
+        self.acts_step_fraction = acts_step_fraction
+        self.acts_top_k = acts_top_k
+        self.acts_bins = acts_bins
+        self.clever_norms = ["l2", "linf"] if clever_norms is None else list(clever_norms)
+        self.clever_radius_l2 = clever_radius_l2
+        self.clever_radius_linf = clever_radius_linf
+        self.clever_num_batches = 500 if clever_paper_sizes else clever_num_batches
+        self.clever_batch_size = 1024 if clever_paper_sizes else clever_batch_size
+        self.clever_paper_sizes = clever_paper_sizes
+        self.clever_top_k = clever_top_k
 
 
 class RobustCLI(LightningCLI):

@@ -1,13 +1,20 @@
-"""Certification as a Lightning test loop, so ``certify.py`` uses devices, strategies and nodes like training."""
+"""Certification, the attacks report and the ACTS report as one Lightning test loop.
 
-from collections.abc import Sequence
+Running through ``trainer.test`` lets ``certify.py`` use devices, strategies and nodes like training does.
+"""
+
+from collections.abc import Collection, Sequence
 
 import torch
 from lightning.pytorch import LightningModule
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from bounds.certificate import Certificate
 from bounds.certify import certify
+from lightning_modules.acts_report import ACTSProtocol
+from lightning_modules.attack_report import VARIANTS, AttackReport, select_certificate
+from lightning_modules.gathering import Rows, gather_unique_rows
 
 
 class IndexedDataset(Dataset):
@@ -35,11 +42,18 @@ class IndexedDataset(Dataset):
 
 
 class CertificationTask(LightningModule):
-    """Certify every test batch with each requested kind; gather per-example results across ranks.
+    """Certify every test batch with each requested kind; optionally attack and ACTS-score subsets of it.
 
-    After ``trainer.test(task, dataloaders=...)`` the attribute ``results`` (the same on every rank) maps each
-    kind to a dict of CPU tensors sorted by dataset index: ``index``, ``eps_lower``, ``eps_upper``,
-    ``certified``, ``seconds`` (per example: the batch's wall time divided by its size).
+    After ``trainer.test(task, dataloaders=...)`` these attributes hold the gathered results (the same on every
+    rank), CPU tensors sorted by dataset index, every example once (:func:`gather_unique_rows`):
+
+    - ``results``: kind -> ``index``, ``eps_lower``, ``eps_upper``, ``certified``, ``seconds`` (per example: the
+      batch's wall time divided by its size);
+    - ``attack_results``: ``"<attack>/<variant>"`` -> rows of :meth:`AttackReport.run` (empty without a report);
+    - ``acts_results``: rows of :meth:`ACTSProtocol.run` (empty without a protocol).
+
+    The guided attacks reuse the batch's certificates: a kind they need (``nonuniform``, ``asymmetric``) that
+    ``kinds`` lacks is certified for the attacked examples only, and not reported as a certification result.
 
     Args:
         model: The classifier to certify (an ``nn.Module`` mapping inputs to logits).
@@ -48,6 +62,10 @@ class CertificationTask(LightningModule):
         clip_to_input_range: Certify boxes intersected with ``input_range``.
         input_range: ``(low, high)`` of valid inputs.
         seed: Seed of the certification optimiser.
+        attack_report: Attacks to run (Amoeba Table 4), or ``None``.
+        attack_indices: Dataset indices the attacks run on (default: all).
+        acts_protocol: ACTS protocol to run (ACTS Section 4), or ``None``.
+        acts_indices: Dataset indices the ACTS protocol runs on (default: all).
     """
 
     def __init__(
@@ -58,6 +76,10 @@ class CertificationTask(LightningModule):
         clip_to_input_range: bool = False,
         input_range: tuple[float, float] = (-1.0, 1.0),
         seed: int = 0,
+        attack_report: AttackReport | None = None,
+        attack_indices: Collection[int] | None = None,
+        acts_protocol: ACTSProtocol | None = None,
+        acts_indices: Collection[int] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -66,8 +88,16 @@ class CertificationTask(LightningModule):
         self.clip_to_input_range = clip_to_input_range
         self.input_range = tuple(input_range)
         self.seed = seed
-        self._parts: dict[str, list[dict[str, torch.Tensor]]] = {}
-        self.results: dict[str, dict[str, torch.Tensor]] = {}
+        self.attack_report = attack_report
+        self.attack_indices = None if attack_indices is None else set(int(i) for i in attack_indices)
+        self.acts_protocol = acts_protocol
+        self.acts_indices = None if acts_indices is None else set(int(i) for i in acts_indices)
+        self._parts: dict[str, list[Rows]] = {}
+        self._attack_parts: dict[str, list[Rows]] = {}
+        self._acts_parts: list[Rows] = []
+        self.results: dict[str, Rows] = {}
+        self.attack_results: dict[str, Rows] = {}
+        self.acts_results: Rows = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the wrapped model."""
@@ -76,22 +106,22 @@ class CertificationTask(LightningModule):
     def on_test_epoch_start(self) -> None:
         """Forget the results of an earlier run."""
         self._parts = {kind: [] for kind in self.kinds}
-        self.results = {}
+        self._attack_parts = {}
+        self._acts_parts = []
+        self.results, self.attack_results, self.acts_results = {}, {}, {}
+
+    def _certify(self, x: Tensor, y: Tensor, kind: str, batch_idx: int) -> Certificate:
+        return certify(self.model, x, y, kind=kind, delta=self.delta, clip_to_input_range=self.clip_to_input_range,
+                       input_range=self.input_range, seed=self.seed + batch_idx)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        """Certify one batch with every kind and keep the per-example results."""
-        index, x, y = batch
+        """Certify one batch with every kind, then run the reports on their subsets; keep per-example rows."""
+        with torch.inference_mode(False):
+            index, x, y = (t.clone() for t in batch)
+        certificates: dict[str, Certificate] = {}
         for kind in self.kinds:
-            cert = certify(
-                self.model,
-                x,
-                y,
-                kind=kind,
-                delta=self.delta,
-                clip_to_input_range=self.clip_to_input_range,
-                input_range=self.input_range,
-                seed=self.seed + batch_idx,
-            )
+            cert = self._certify(x, y, kind, batch_idx)
+            certificates[kind] = cert
             self._parts[kind].append(
                 {
                     "index": index.detach(),
@@ -101,21 +131,38 @@ class CertificationTask(LightningModule):
                     "seconds": torch.full_like(index, cert.seconds_per_example, dtype=torch.float64),
                 }
             )
+        with torch.inference_mode(False):
+            if self.attack_report is not None:
+                rows = self._subset(index, self.attack_indices)
+                if rows.numel():
+                    guides = {kind: select_certificate(certificates[kind], rows) if kind in certificates
+                              else self._certify(x[rows], y[rows], kind, batch_idx)
+                              for kind in ("nonuniform", "asymmetric")}
+                    results = self.attack_report.run(self.model, index[rows], x[rows], y[rows], guides)
+                    for key, value in results.items():
+                        self._attack_parts.setdefault(key, []).append(value)
+            if self.acts_protocol is not None:
+                rows = self._subset(index, self.acts_indices)
+                if rows.numel():
+                    self._acts_parts.append(self.acts_protocol.run(self.model, index[rows], x[rows], y[rows]))
+
+    @staticmethod
+    def _subset(index: Tensor, chosen: set[int] | None) -> Tensor:
+        """Positions in the batch whose dataset index is in ``chosen`` (all for ``None``)."""
+        if chosen is None:
+            return torch.arange(index.numel(), device=index.device)
+        keep = [position for position, value in enumerate(index.tolist()) if value in chosen]
+        return torch.tensor(keep, dtype=torch.long, device=index.device)
 
     def on_test_epoch_end(self) -> None:
-        """Gather every rank's results (all ranks take part), de-duplicate by index and sort."""
+        """Gather every rank's rows (all ranks take part, in the same order), de-duplicated by index and sorted."""
+        world_size = self.trainer.world_size
         for kind, parts in self._parts.items():
-            local = {key: torch.cat([part[key] for part in parts]) for key in parts[0]} if parts else {}
-            gathered = {key: self._gather(value) for key, value in local.items()}
-            order = torch.argsort(gathered["index"], stable=True)
-            sorted_parts = {key: value[order] for key, value in gathered.items()}
-            keep = torch.ones_like(sorted_parts["index"], dtype=torch.bool)
-            keep[1:] = sorted_parts["index"][1:] != sorted_parts["index"][:-1]
-            self.results[kind] = {key: value[keep].cpu() for key, value in sorted_parts.items()}
-
-    def _gather(self, value: torch.Tensor) -> torch.Tensor:
-        if self.trainer.world_size == 1:
-            return value
-        gathered = self.all_gather(value.to(torch.float64) if value.dtype == torch.bool else value)
-        gathered = gathered.reshape(-1, *value.shape[1:])
-        return gathered.to(torch.bool) if value.dtype == torch.bool else gathered
+            self.results[kind] = gather_unique_rows(parts, world_size)
+        if self.attack_report is not None:
+            # Every rank must take part in the same collectives: the keys come from the report, not the local rows.
+            keys = [f"{spec.key}/{variant}" for spec in self.attack_report.specs() for variant in VARIANTS]
+            for key in keys:
+                self.attack_results[key] = gather_unique_rows(self._attack_parts.get(key, []), world_size)
+        if self.acts_protocol is not None:
+            self.acts_results = gather_unique_rows(self._acts_parts, world_size)

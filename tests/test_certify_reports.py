@@ -1,0 +1,205 @@
+"""certify.py's attacks report (Amoeba Table 4) and ACTS protocol report (ACTS Tables 1, 2, 3, 7 with CLEVER)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import (
+    STORE_EVERYTHING_SIZE_GUIDANCE,
+    EventAccumulator,
+)
+
+import certify
+import train
+from lightning_modules.gathering import concatenate_rows, gather_unique_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+SMALL_DATA = ["--data.init_args.max_train_examples=600", "--data.init_args.max_eval_examples=120",
+              "--model.init_args.eval_attack_steps=2"]
+# Few examples, cheap attacks and CLEVER; certification kinds without "nonuniform", so the report certifies that
+# guide for the attacked examples only and reuses the asymmetric certificates of the certification pass.
+FAST_REPORTS = ["--certify.num_examples=10", "--certify.batch_size=4", "--certify.kinds=[uniform, asymmetric]",
+                "--certify.attack_num_examples=6", "--certify.attack_pgd_linf_steps=3",
+                "--certify.attack_pgd_l2_steps=3", "--certify.attack_cw_search_steps=2",
+                "--certify.attack_cw_max_iterations=10", "--certify.attack_p_step=0.5",
+                "--certify.acts_num_examples=9", "--certify.acts_eps=[0.05, 0.15, 0.3]",
+                "--certify.clever_num_batches=3", "--certify.clever_batch_size=8", "--certify.num_figure_examples=2"]
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    log_dir = tmp_path_factory.mktemp("logs")
+    cli = train.main(["--config", "normal_lenet.yaml", "--trainer.max_epochs=1",
+                      f"--trainer.logger.init_args.save_dir={log_dir}", *SMALL_DATA, *QUIET])
+    callback = cli.trainer.checkpoint_callback
+    return Path(callback.last_model_path or callback.best_model_path)
+
+
+@pytest.fixture(scope="module")
+def report(trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    root = tmp_path_factory.mktemp("report")
+    out = root / "report"
+    summary = certify.main(["--config", "normal_lenet.yaml", f"--ckpt_path={trained_checkpoint}",
+                            f"--certify.output_dir={out}", f"--trainer.logger.init_args.save_dir={root}",
+                            *FAST_REPORTS, *SMALL_DATA, *QUIET])
+    assert summary is not None
+    return out, root, summary
+
+
+def _events(root: Path) -> EventAccumulator:
+    run = next((root / "normal_lenet").iterdir())
+    return EventAccumulator(str(run), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE).Reload()
+
+
+def test_attacks_report_is_consistent(report: tuple[Path, Path, dict]) -> None:
+    out, _, summary = report
+    on_disk = json.loads((out / "attacks.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary["attacks"]))
+    keys = [attack["key"] for attack in on_disk["attacks"]]
+    assert keys == ["fgsm_linf_eps0.2", "fgsm_linf_eps0.3", "pgd_linf_eps0.2", "pgd_l2_eps5", "cw_l2_kappa0"]
+    certified = torch.load(out / "radii.pt")["asymmetric"]["index"]
+    rows = torch.load(out / "attacks.pt")
+    pixels = 28 * 28
+    for attack in on_disk["attacks"]:
+        assert set(attack["variants"]) == {"plain", "s", "a"}
+        for variant, entry in attack["variants"].items():
+            assert entry["examples"] == 6
+            assert 0.0 <= entry["accuracy"] <= 1.0
+            assert entry["seconds_per_example"] > 0
+            example_rows = rows[f"{attack['key']}/{variant}"]
+            # Each attacked example once: the first six certified examples.
+            assert example_rows["index"].tolist() == certified[:6].tolist()
+            assert entry["accuracy"] == pytest.approx(float(example_rows["correct"].double().mean()))
+            assert entry["distances"]["l_1"]["mean"] == pytest.approx(float(example_rows["l_1"].mean()))
+            if attack["key"].startswith(("fgsm", "pgd_linf")):
+                eps = float(attack["setting"].split("=")[1])
+                assert float(example_rows["l_inf"].max()) <= eps + 1e-6
+            if attack["key"].startswith("pgd_l2"):
+                assert float(example_rows["l_2"].max()) <= 5.0 + 1e-4
+            if variant == "plain":
+                assert bool(example_rows["p"].isnan().all())
+                continue
+            # Algorithm 2 masks: ceil(p n) pixels per mask; ^s has one mask, ^a a positive and a negative one.
+            p = example_rows["p"]
+            assert bool(((p >= 0.1 - 1e-9) & (p <= 1.0 + 1e-9)).all())
+            allowed = torch.ceil(p * pixels - 1e-9) * (1 if variant == "s" else 2)
+            assert bool((example_rows["l_0"] <= torch.clamp(allowed, max=pixels)).all()), (attack["key"], variant)
+    table = (out / "attacks.md").read_text()
+    assert "| Attack | Accuracy | l_inf | l_0 | l_2 | l_1 |" in table
+    assert "C&W^a (l_2), kappa = 0" in table and "FGSM^s (l_inf), eps = 0.3" in table
+
+
+def test_acts_report_is_consistent(report: tuple[Path, Path, dict]) -> None:
+    out, _, summary = report
+    on_disk = json.loads((out / "acts.json").read_text())
+    assert on_disk["examples"] == 9
+    assert 0.0 < on_disk["clean_accuracy"] <= 1.0
+    rows = torch.load(out / "acts.pt")
+    certified = torch.load(out / "radii.pt")["uniform"]["index"]
+    assert rows["index"].tolist() == certified[:9].tolist()
+    assert rows["attacked"].shape == (9, 3) and rows["acts"].shape == (9, 3)
+    assert [level["eps"] for level in on_disk["levels"]] == [0.05, 0.15, 0.3]
+    for level, entry in enumerate(on_disk["levels"]):
+        attacked = rows["attacked"][:, level]
+        assert entry["attacked"] == int(attacked.sum())
+        assert entry["adversarial_accuracy"] == pytest.approx(1 - entry["attacked"] / 9)
+        for metric in ("acts", "clever_l2", "clever_linf"):
+            assert 0.0 <= entry[metric]["overlap_percent"] <= 50.0
+            if 0 < entry["attacked"] < 9:
+                assert 0.0 <= entry[metric]["auroc"] <= 1.0
+            else:
+                assert entry[metric]["auroc"] is None
+    assert bool((rows["acts"] > 0).all())
+    assert bool((rows["clever_l2"] <= 2.0 + 1e-6).all()) and bool((rows["clever_linf"] <= 0.3 + 1e-6).all())
+    expected_flips = {
+        f"N{a + 1}->N{b + 1}": int((rows["attacked"][:, a] & ~rows["attacked"][:, b]).sum())
+        for a, b in ((0, 1), (0, 2), (1, 2))
+    }
+    assert on_disk["attack_flips"] == expected_flips
+    assert on_disk["seconds_per_image"]["clever_l2"] > 0 and min(on_disk["seconds_per_image"]["acts"].values()) > 0
+    table = (out / "acts.md").read_text()
+    for caption in ("Table 1", "Table 2", "Table 3", "Table 7", "L_inf CLEVER"):
+        assert caption in table
+    assert (out / "figures" / "acts_histograms.png").stat().st_size > 0
+    assert summary["acts"]["levels"][0]["attacked"] == on_disk["levels"][0]["attacked"]
+
+
+def test_reports_write_tensorboard_tags(report: tuple[Path, Path, dict]) -> None:
+    _, root, _ = report
+    events = _events(root)
+    tags = events.Tags()
+    assert {"certify/attacks/cw_l2_kappa0/a/accuracy", "certify/attacks/pgd_l2_eps5/s/l_1",
+            "certify/attacks/fgsm_linf_eps0.2/plain/l_inf", "certify/acts/N1/acts/overlap_percent",
+            "certify/acts/N3/clever_linf/overlap_percent", "certify/acts/N2/adversarial_accuracy",
+            "certify/acts/seconds_per_image/acts", "certify/asymmetric/mean_geometric_width"} <= set(tags["scalars"])
+    assert "certify/acts/histograms" in tags["images"]
+    assert any(tag.startswith("certify/acts/N3/acts/") for tag in tags["histograms"])
+    (accuracy,) = events.Scalars("certify/attacks/pgd_linf_eps0.2/plain/accuracy")
+    assert 0.0 <= accuracy.value <= 1.0
+
+
+def test_reports_can_be_turned_off(trained_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    summary = certify.main(["--config", "normal_lenet.yaml", f"--ckpt_path={trained_checkpoint}",
+                            f"--certify.output_dir={out}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+                            "--certify.attacks=false", "--certify.acts=false", "--certify.num_examples=4",
+                            "--certify.kinds=[uniform]", *SMALL_DATA, *QUIET])
+    assert summary is not None and "attacks" not in summary and "acts" not in summary
+    assert (out / "summary.json").is_file()
+    assert not (out / "attacks.json").exists() and not (out / "acts.json").exists()
+    tags = _events(tmp_path).Tags()
+    assert not [tag for tag in tags["scalars"] if tag.startswith(("certify/attacks", "certify/acts"))]
+
+
+def test_gathered_rows_keep_each_example_once() -> None:
+    parts = [{"index": torch.tensor([5, 1]), "value": torch.tensor([[5.0], [1.0]])},
+             {"index": torch.tensor([3, 5]), "value": torch.tensor([[3.0], [5.0]])}, {}]
+    rows = gather_unique_rows(parts, world_size=1)
+    assert rows["index"].tolist() == [1, 3, 5]
+    assert rows["value"].flatten().tolist() == [1.0, 3.0, 5.0]
+    assert gather_unique_rows([], world_size=1) == {}
+    with pytest.raises(ValueError, match="different columns"):
+        concatenate_rows([{"index": torch.tensor([0])}, {"index": torch.tensor([1]), "x": torch.tensor([1])}])
+
+
+def test_bad_report_options_are_rejected(trained_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises((ValueError, SystemExit)):
+        certify.main(["--config", "normal_lenet.yaml", f"--ckpt_path={trained_checkpoint}",
+                      "--certify.acts_eps=[0.2, 0.1]", f"--trainer.logger.init_args.save_dir={tmp_path}", *QUIET])
+
+
+@pytest.mark.slow
+def test_reports_under_ddp_count_each_example_once(trained_checkpoint: Path, tmp_path: Path) -> None:
+    """Two gloo ranks, 7 examples (the sampler pads one duplicate): the same per-example rows as one process."""
+    common = ["--config", "normal_lenet.yaml", f"--ckpt_path={trained_checkpoint}", "--certify.num_examples=7",
+              "--certify.batch_size=2", "--certify.kinds=[nonuniform, asymmetric]",
+              "--certify.attack_fgsm_eps=[0.2]", "--certify.attack_pgd_linf_steps=2", "--certify.attack_pgd_l2_steps=2",
+              "--certify.attack_cw_search_steps=1", "--certify.attack_cw_max_iterations=5",
+              "--certify.attack_p_step=0.9", "--certify.clever_norms=[l2]", "--certify.clever_num_batches=2",
+              "--certify.clever_batch_size=4", "--certify.num_figure_examples=0", *SMALL_DATA, *QUIET]
+    command = [sys.executable, str(ROOT / "certify.py"), *common, "--trainer.accelerator=cpu", "--trainer.devices=2",
+               "--trainer.strategy=ddp", f"--certify.output_dir={tmp_path / 'ddp'}",
+               f"--trainer.logger.init_args.save_dir={tmp_path / 'ddp_logs'}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    certify.main([*common, f"--certify.output_dir={tmp_path / 'one'}",
+                  f"--trainer.logger.init_args.save_dir={tmp_path / 'one_logs'}"])
+    for name in ("acts.pt", "attacks.pt"):
+        ddp, one = torch.load(tmp_path / "ddp" / name), torch.load(tmp_path / "one" / name)
+        pairs = [(ddp, one)] if name == "acts.pt" else [(ddp[key], one[key]) for key in one]
+        for two_ranks, single in pairs:
+            assert two_ranks["index"].tolist() == single["index"].tolist()
+            assert len(set(single["index"].tolist())) == 7
+    ddp_acts, one_acts = torch.load(tmp_path / "ddp" / "acts.pt"), torch.load(tmp_path / "one" / "acts.pt")
+    # PGD's start is seeded per example, so attack outcomes do not depend on the batching or the ranks.
+    assert torch.equal(ddp_acts["attacked"], one_acts["attacked"])
+    assert torch.allclose(ddp_acts["acts"], one_acts["acts"], rtol=1e-4)
+    ddp_summary = json.loads((tmp_path / "ddp" / "acts.json").read_text())
+    assert ddp_summary["examples"] == 7 and not math.isnan(ddp_summary["levels"][0]["adversarial_accuracy"])
