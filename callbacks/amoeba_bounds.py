@@ -144,6 +144,7 @@ class AmoebaBoundCallback(Callback):
         self._range: tuple[float, float] = (-1.0, 1.0)
         self._disabled = False
         self._uses_inner = False
+        self._warned_unsupported = False
         self._active = False
         self._failed_here = False
         self._input_shape: tuple[int, ...] | None = None
@@ -182,21 +183,21 @@ class AmoebaBoundCallback(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Pick the network and check once that interval propagation supports it (else warn and disable)."""
-        if self._disabled or self._network is not None:
-            return
+        """Pick the network and check that interval propagation supports it (else warn once and skip)."""
         network, where = resolve_network(pl_module, self.model_attribute, prefer_inner=True)
         self._uses_inner = where == "pl_module.model"
+        self._network = None
         try:
             check_supported(network)
         except UnsupportedLayerError as error:
-            self._disabled = True
-            rank_zero_warn(
-                f"{type(self).__name__} is disabled: interval propagation cannot bound {where}: unsupported layer "
-                f"{error.layer_type} at '{self._qualified_path(error.path)}'. Certification needs a nested "
-                "nn.Sequential of supported layers (see bounds.interval); pass model_attribute to name it. "
-                "Training continues."
-            )
+            if not self._warned_unsupported:
+                self._warned_unsupported = True
+                rank_zero_warn(
+                    f"{type(self).__name__} is disabled: interval propagation cannot bound {where}: unsupported "
+                    f"layer {error.layer_type} at '{self._qualified_path(error.path)}'. Certification needs a "
+                    "nested nn.Sequential of supported layers (see bounds.interval); pass model_attribute to name "
+                    "it. Training continues."
+                )
             return
         self._network = network
         input_range = resolve_input_range(self.input_range, trainer, pl_module)
