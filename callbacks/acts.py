@@ -115,7 +115,7 @@ class ACTSCallback(Callback):
         step_size: float | None = None,
         steps: int = 3,
         top_k: int = 10,
-        num_examples: int = 200,
+        num_examples: int = 100,
         every_n_epochs: int = 1,
         bins: int = 20,
         seed: int = 0,
