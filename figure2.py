@@ -117,7 +117,7 @@ def main(args: Sequence[str] | None = None, num_points: int = 20, seed: int = 0)
         seed: Seed of the point selection and of the certification.
 
     Returns:
-        ``{"figure": path, "certificates": {...}, "points": x, "violations": {kind: counts}}``.
+        ``{"figure": path, "certificates": {...}, "points": x, "violations": {kind: counts}, "model": network}``.
 
     Raises:
         ValueError: If the configured data is not 2-D.
@@ -153,7 +153,7 @@ def main(args: Sequence[str] | None = None, num_points: int = 20, seed: int = 0)
                           f"{float(width.mean()) if len(width) else 0.0:.4f}, grid points outside the decision "
                           f"region: {int(violations[kind].sum())}")
     cli.trainer.print(f"Figure written to {path}")
-    return {"figure": path, "certificates": certificates, "points": x, "violations": violations}
+    return {"figure": path, "certificates": certificates, "points": x, "violations": violations, "model": model}
 
 
 if __name__ == "__main__":
