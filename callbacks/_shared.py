@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler, SequentialSampler
@@ -100,6 +101,29 @@ def resolve_input_range(explicit: tuple[float, float] | None, trainer: Trainer,
         if value is not None:
             return check_input_range(tuple(value))
     return None
+
+
+def scheduled_to_run(trainer: Trainer, every_n_epochs: int, last_run_step: int) -> bool:
+    """Whether a callback computes on this validation run; the answer is the same on every rank.
+
+    Never in the sanity check or ``fast_dev_run``; always under ``trainer.validate``; during ``fit`` on epochs
+    divisible by ``every_n_epochs`` (epoch 0 included), and never twice at one global step (after a resume).
+
+    Args:
+        trainer: The running trainer.
+        every_n_epochs: The callback's period in epochs.
+        last_run_step: Global step of the callback's last run (restored from its ``state_dict`` on resume).
+
+    Returns:
+        True when the callback should compute.
+    """
+    if trainer.sanity_checking or trainer.fast_dev_run:
+        return False
+    if trainer.state.fn == TrainerFn.VALIDATING:
+        return True
+    if trainer.state.fn != TrainerFn.FITTING:
+        return False
+    return trainer.current_epoch % every_n_epochs == 0 and last_run_step != trainer.global_step
 
 
 def split_batch(batch: Any) -> tuple[Tensor, Tensor] | None:

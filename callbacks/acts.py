@@ -6,7 +6,6 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
@@ -24,6 +23,7 @@ from callbacks._shared import (
     log_scalars,
     resolve_input_range,
     resolve_network,
+    scheduled_to_run,
     split_batch,
     tensorboard_writer,
     warn_failure,
@@ -193,13 +193,9 @@ class ACTSCallback(Callback):
         self._range = resolve_input_range(self.input_range, trainer, pl_module)
 
     def _should_run(self, trainer: Trainer) -> bool:
-        if self._disabled or self._network is None or trainer.sanity_checking or trainer.fast_dev_run:
+        if self._disabled or self._network is None:
             return False
-        if trainer.state.fn == TrainerFn.VALIDATING:
-            return True
-        if trainer.state.fn != TrainerFn.FITTING:
-            return False
-        return trainer.current_epoch % self.every_n_epochs == 0 and self.last_run_step != trainer.global_step
+        return scheduled_to_run(trainer, self.every_n_epochs, self.last_run_step)
 
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
