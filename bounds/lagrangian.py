@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from bounds.margins import margin_lower_bounds
+from bounds.margins import Method, margin_lower_bounds
 from bounds.uniform import clipped_box, min_margin
 
 _MIN_EPS = 1e-8
@@ -101,7 +101,7 @@ def log_width_objective(x: Tensor, eps_lower: Tensor, eps_upper: Tensor, input_r
 
 
 def _scale_to_feasible(model: nn.Module, x: Tensor, y: Tensor, eps_lower: Tensor, eps_upper: Tensor, target: float,
-                       input_range: tuple[float, float] | None, steps: int) -> Tensor:
+                       input_range: tuple[float, float] | None, steps: int, method: Method = "ibp") -> Tensor:
     """Largest checked ``t in [0, 1]`` with ``min margin([x - t eps1, x + t eps2]) >= target`` per example."""
     batch = x.shape[0]
     view = (batch, *([1] * (x.dim() - 1)))
@@ -112,7 +112,7 @@ def _scale_to_feasible(model: nn.Module, x: Tensor, y: Tensor, eps_lower: Tensor
         if index.numel():
             tv = t[index].view(-1, *view[1:])
             lower, upper = clipped_box(x[index], tv * eps_lower[index], tv * eps_upper[index], input_range)
-            result[index] = min_margin(model, lower, upper, y[index]) >= target
+            result[index] = min_margin(model, lower, upper, y[index], method) >= target
         return result
 
     low = torch.zeros(batch, dtype=x.dtype, device=x.device)
@@ -141,6 +141,7 @@ def optimise_radii(
     input_range: tuple[float, float] | None = None,
     options: LagrangianOptions | None = None,
     progress: bool = False,
+    method: Method = "ibp",
 ) -> tuple[Tensor, Tensor]:
     """Solve Problem 2 approximately by Algorithm 1 for a batch; returns radii that satisfy the constraints.
 
@@ -157,6 +158,8 @@ def optimise_radii(
         input_range: Clip the box to ``(low, high)`` in the constraints and the objective, if given.
         options: Optimiser settings.
         progress: Show a tqdm bar over the iterations.
+        method: The margin bound in the constraints: ``"ibp"`` or ``"crown"`` (differentiable, but one CROWN
+            pass per iteration; :func:`bounds.linear_certify.crown_optimise_radii` is the fast CROWN path).
 
     Returns:
         ``(eps_lower, eps_upper)`` shaped like ``x``; for every example either both zero or certified at
@@ -179,12 +182,12 @@ def optimise_radii(
     best_upper = torch.zeros_like(x)
 
     with torch.no_grad():  # constraints are measured in units of the clean margin (see the module docstring)
-        scale = min_margin(model, x, x, y).clamp(min=delta).view(batch, 1)
+        scale = min_margin(model, x, x, y, method).clamp(min=delta).view(batch, 1)
 
     for step in tqdm(range(opts.iterations), desc="Algorithm 1", disable=not progress, leave=False):
         eps_lower, eps_upper = log_lower.exp(), log_upper.exp()
         lower, upper = clipped_box(x, eps_lower, eps_upper, input_range)
-        margins = margin_lower_bounds(model, lower, upper, y)
+        margins = margin_lower_bounds(model, lower, upper, y, method)
         if classes is None:
             classes = margins.shape[1]
             others = ~torch.nn.functional.one_hot(y, classes).bool()
@@ -213,7 +216,8 @@ def optimise_radii(
 
     with torch.no_grad():
         eps_lower, eps_upper = log_lower.exp(), log_upper.exp()
-        t = _scale_to_feasible(model, x, y, eps_lower, eps_upper, target, input_range, opts.shrink_steps).view(view)
+        t = _scale_to_feasible(model, x, y, eps_lower, eps_upper, target, input_range, opts.shrink_steps,
+                               method).view(view)
         final_lower, final_upper = t * eps_lower, t * eps_upper
         final_objective = log_width_objective(x, final_lower, final_upper, input_range)
         use_final = (final_objective < best_objective).view(view)

@@ -5,6 +5,8 @@ For a box ``[lower, upper]`` and label ``y``, the model keeps label ``y`` on the
 ``v_j = l[t] - u[j] - delta >= 0``).
 """
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
@@ -42,8 +44,11 @@ def margins_from_bounds(out_lower: Tensor, out_upper: Tensor, y: Tensor) -> Tens
     return margins.masked_fill(is_true, float("inf"))
 
 
-def margin_lower_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor) -> Tensor:
-    """Lower bounds of ``f(x)[y] - f(x)[j]`` over the box ``[lower, upper]`` by interval propagation.
+Method = Literal["ibp", "crown"]
+
+
+def margin_lower_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor, method: Method = "ibp") -> Tensor:
+    """Lower bounds of ``f(x)[y] - f(x)[j]`` over the box ``[lower, upper]`` by interval propagation or CROWN.
 
     This is the specification of Amoeba Problems 1-2: every input of the box is classified as ``y`` if
     ``min_j margin[b, j] > 0``; a certificate with margin ``delta`` needs ``>= delta``.
@@ -53,13 +58,21 @@ def margin_lower_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tenso
         lower: Lower ends of the input box ``(B, ...)``.
         upper: Upper ends of the input box, same shape.
         y: Labels ``(B,)``.
+        method: ``"ibp"`` (Amoeba Theorem 1) or ``"crown"`` (:func:`bounds.crown.crown_margin_bounds`: linear
+            relaxation, never looser than ``"ibp"``).
 
     Returns:
-        ``(B, K)``: ``out_lower[y] - out_upper[j]``, with ``+inf`` at ``j == y``.
+        ``(B, K)``: for IBP ``out_lower[y] - out_upper[j]``; ``+inf`` at ``j == y``.
 
     Raises:
         ValueError: For bad boxes (see :func:`~bounds.interval.interval_bounds`) or labels.
         UnsupportedLayerError: For a layer interval propagation does not know.
     """
+    if method == "crown":
+        from bounds.crown import crown_margin_bounds  # crown imports this module
+
+        return crown_margin_bounds(model, lower, upper, y)
+    if method != "ibp":
+        raise ValueError(f"method must be 'ibp' or 'crown', got {method!r}")
     out_lower, out_upper = interval_bounds(model, lower, upper)
     return margins_from_bounds(out_lower, out_upper, y)

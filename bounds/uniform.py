@@ -8,7 +8,7 @@ This is the uniform baseline of Amoeba Section 4 ([18]-[20]): exact for the boun
 import torch
 from torch import Tensor, nn
 
-from bounds.margins import margin_lower_bounds
+from bounds.margins import Method, margin_lower_bounds
 
 
 def clipped_box(
@@ -32,9 +32,9 @@ def clipped_box(
     return lower, upper
 
 
-def min_margin(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor) -> Tensor:
-    """``min_{j != y} (out_lower[y] - out_upper[j])`` per example ``(B,)`` (``+inf`` with a single class)."""
-    return margin_lower_bounds(model, lower, upper, y).min(dim=1).values
+def min_margin(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor, method: Method = "ibp") -> Tensor:
+    """``min_{j != y}`` of the margin lower bounds of ``method`` per example ``(B,)`` (``+inf`` with one class)."""
+    return margin_lower_bounds(model, lower, upper, y, method).min(dim=1).values
 
 
 def uniform_radius(
@@ -48,6 +48,7 @@ def uniform_radius(
     rtol: float = 1e-4,
     max_steps: int = 40,
     max_doublings: int = 20,
+    method: Method = "ibp",
 ) -> Tensor:
     """Largest certified uniform radius per example by a safeguarded bracketing search (forward passes only).
 
@@ -71,6 +72,8 @@ def uniform_radius(
         rtol: Relative tolerance of the returned radius (it is within ``rtol`` of the largest certified one).
         max_steps: Most bracket-shrinking steps.
         max_doublings: How often the bracket may double for examples certified at it.
+        method: The bound of the margins (``"ibp"`` or ``"crown"``; CROWN is not exactly monotone in the box,
+            the search then returns a checked, certified radius near the largest one).
 
     Returns:
         Radii ``(B,)``, ``>= 0``, on ``x``'s device and dtype.
@@ -86,14 +89,14 @@ def uniform_radius(
         if active is None:
             r = radius.view(view)
             lower, upper = clipped_box(x, r, r, input_range)
-            return min_margin(model, lower, upper, y) - delta
+            return min_margin(model, lower, upper, y, method) - delta
         out = torch.full_like(radius, -torch.inf)
         index = active.nonzero().squeeze(1)
         if index.numel():
             xa = x[index]
             r = radius[index].view(-1, *view[1:])
             lower, upper = clipped_box(xa, r, r, input_range)
-            out[index] = min_margin(model, lower, upper, y[index]) - delta
+            out[index] = min_margin(model, lower, upper, y[index], method) - delta
         return out
 
     with torch.no_grad():

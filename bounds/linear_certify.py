@@ -1,0 +1,254 @@
+"""Certification with CROWN relaxations: few network passes, the box problems solved in closed form.
+
+For a relaxation built on a box ``B0`` (:func:`~bounds.crown.linear_margin_bounds`), every margin has a linear
+lower bound ``f_y - f_j >= A_j . x' + b_j`` on ``B0``, so on any sub-box ``[x - e1, x + e2]`` of ``B0``
+
+    m_j(e1, e2) = c_j - P_j . e1 - Q_j . e2,   c_j = A_j . x + b_j,  P_j = [A_j]_+,  Q_j = [-A_j]_+,
+
+which is linear in the radii. Problem 2 of Amoeba on the fixed relaxation,
+
+    max  sum_i log(e1_i + e2_i)   s.t.  P_j . e1 + Q_j . e2 <= d_j = c_j - target,   0 <= e <= caps,
+
+is convex and needs no network pass. It is solved through its Lagrange dual (``K - 1`` multipliers
+``mu >= 0``): for fixed ``mu`` every pixel maximises ``log(w) - a e1 - b e2`` (``a = mu P``, ``b = mu Q``) in
+closed form (fill the cheaper side up to its cap, then the other), and the dual is minimised by Adam on
+``log mu`` with Danskin's gradient ``d - (P e1 + Q e2)``; every primal iterate is scaled into the feasible set
+and the best feasible one is kept (so the result is always feasible, whatever the dual's progress).
+
+Because the relaxation is only valid inside ``B0``, the caps are ``B0``'s radii. The outer loop
+re-linearises: ``B0`` is rebuilt around the last solution, enlarged by a factor (``2, 1.5, 1.33, ...``),
+so the box can grow where the caps were active and the relaxation tightens where it was too loose. The best
+solution (by the objective) over the rounds is returned; :func:`bounds.certify.certify` re-verifies it with a
+fresh CROWN (and IBP) evaluation on exactly the returned box.
+
+- Uniform: on a fixed relaxation the largest certified scalar radius is a root of a concave piecewise-linear
+  function (a bisection without network passes); the outer loop searches the relaxation radius ``R``
+  (a radius ``r <= R`` certified by the relaxation at ``R`` is certified).
+- Non-uniform (``e1 = e2 = e``): per pixel ``e = min(1 / (a + b), cap)`` (a side clipped away by the input
+  range is dropped from the cost and reported as ``0``).
+"""
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from bounds.crown import Intermediate, LinearMarginBound, linear_margin_bounds
+from bounds.uniform import clipped_box
+
+_MIN = 1e-12
+
+
+def _linear_parts(bound: LinearMarginBound, x: Tensor, y: Tensor, target: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(P, Q, d)`` of the other classes: ``P, Q (B, K-1, n)``, ``d (B, K-1)`` (see the module docstring)."""
+    batch, classes = bound.offset.shape
+    others = torch.arange(classes, device=x.device).expand(batch, classes) != y.view(-1, 1)
+    coeffs = bound.coefficients.flatten(2)[others].view(batch, classes - 1, -1)
+    offset = bound.offset[others].view(batch, classes - 1)
+    c = (coeffs @ x.flatten(1).unsqueeze(2)).squeeze(2) + offset
+    return coeffs.clamp(min=0), (-coeffs).clamp(min=0), c - target
+
+
+def _caps(x: Tensor, r_lower: Tensor, r_upper: Tensor, input_range: tuple[float, float] | None
+          ) -> tuple[Tensor, Tensor]:
+    """Radii allowed by the relaxation box and (when clipping) the input range, flattened ``(B, n)``."""
+    c1, c2 = r_lower.expand_as(x).flatten(1), r_upper.expand_as(x).flatten(1)
+    if input_range is not None:
+        c1 = torch.minimum(c1, (x - input_range[0]).flatten(1).clamp(min=0))
+        c2 = torch.minimum(c2, (input_range[1] - x).flatten(1).clamp(min=0))
+    return c1, c2
+
+
+def _pixel_optimum(a: Tensor, b: Tensor, c1: Tensor, c2: Tensor, symmetric: bool) -> tuple[Tensor, Tensor]:
+    """Per pixel ``argmax log(e1 + e2) - a e1 - b e2`` over ``[0, c1] x [0, c2]`` (``e1 = e2`` if symmetric)."""
+    if symmetric:
+        # One radius e per pixel; a side clipped away by the input range (cap 0) costs nothing, the other side
+        # is charged P e (>= P min(e, cap): conservative).
+        open1, open2 = c1 > 0, c2 > 0
+        cost = a * open1 + b * open2
+        e = torch.minimum(1 / cost.clamp(min=_MIN), torch.maximum(c1, c2))
+        return e * open1, e * open2
+    lower_cheaper = a <= b
+    s1, s2 = torch.minimum(a, b).clamp(min=_MIN), torch.maximum(a, b).clamp(min=_MIN)
+    k1, k2 = torch.where(lower_cheaper, c1, c2), torch.where(lower_cheaper, c2, c1)
+    first = torch.minimum(1 / s1, k1)
+    second = torch.where(1 / s1 >= k1, (1 / s2 - k1).clamp(min=0), torch.zeros_like(k1))
+    second = torch.minimum(second, k2)
+    return torch.where(lower_cheaper, first, second), torch.where(lower_cheaper, second, first)
+
+
+def _log_width(e1: Tensor, e2: Tensor) -> Tensor:
+    return torch.log((e1 + e2).clamp(min=_MIN)).mean(1)
+
+
+def solve_box_problem(p: Tensor, q: Tensor, d: Tensor, c1: Tensor, c2: Tensor, *, symmetric: bool,
+                      steps: int = 200, lr: float = 0.2) -> tuple[Tensor, Tensor]:
+    """Maximise ``mean_i log(e1_i + e2_i)`` s.t. ``P e1 + Q e2 <= d``, ``0 <= e1 <= c1``, ``0 <= e2 <= c2``.
+
+    Dual method of the module docstring. Examples with some ``d_j <= 0`` (not certified even at zero width)
+    get zero radii.
+
+    Args:
+        p: ``(B, M, n)`` nonnegative costs of ``e1``.
+        q: ``(B, M, n)`` nonnegative costs of ``e2``.
+        d: ``(B, M)`` budgets.
+        c1: ``(B, n)`` caps of ``e1``.
+        c2: ``(B, n)`` caps of ``e2``.
+        symmetric: Force ``e1 = e2`` (non-uniform bound).
+        steps: Adam steps on ``log mu``.
+        lr: Adam's learning rate.
+
+    Returns:
+        Feasible ``(e1, e2)``, each ``(B, n)``.
+    """
+    batch, _, n = p.shape
+    feasible_at_zero = (d > 0).all(1)
+    budget = d.clamp(min=_MIN)
+    theta = torch.log(torch.full_like(d, n) / budget / d.shape[1])
+    moment = torch.zeros_like(theta)
+    second = torch.zeros_like(theta)
+    best = torch.full((batch,), -math.inf, dtype=p.dtype, device=p.device)
+    best_e1, best_e2 = torch.zeros_like(c1), torch.zeros_like(c2)
+    beta1, beta2 = 0.9, 0.999
+    for step in range(steps + 1):
+        mu = theta.exp()
+        a = (mu.unsqueeze(1) @ p).squeeze(1)
+        b = (mu.unsqueeze(1) @ q).squeeze(1)
+        e1, e2 = _pixel_optimum(a, b, c1, c2, symmetric)
+        used = (p @ e1.unsqueeze(2) + q @ e2.unsqueeze(2)).squeeze(2)
+        scale = (budget / used.clamp(min=_MIN)).min(1).values.clamp(max=1)
+        objective = _log_width(e1, e2) + torch.log(scale.clamp(min=_MIN))
+        better = (objective > best) & feasible_at_zero
+        best = torch.where(better, objective, best)
+        best_e1 = torch.where(better.unsqueeze(1), e1 * scale.unsqueeze(1), best_e1)
+        best_e2 = torch.where(better.unsqueeze(1), e2 * scale.unsqueeze(1), best_e2)
+        if step == steps:
+            break
+        grad = mu * (budget - used) / n  # d(dual)/d(log mu), with the objective's 1/n
+        moment = beta1 * moment + (1 - beta1) * grad
+        second = beta2 * second + (1 - beta2) * grad * grad
+        unbiased = moment / (1 - beta1 ** (step + 1))
+        theta = theta - lr * unbiased / ((second / (1 - beta2 ** (step + 1))).sqrt() + 1e-12)
+    return best_e1, best_e2
+
+
+def _uniform_on_relaxation(p: Tensor, q: Tensor, d: Tensor, c1: Tensor, c2: Tensor, cap: Tensor,
+                           steps: int = 40) -> Tensor:
+    """Largest ``r <= cap`` with ``P min(r, c1) + Q min(r, c2) <= d`` (concave in ``r``; bisection)."""
+    low = torch.zeros_like(cap)
+    high = cap.clone()
+
+    def ok(r: Tensor) -> Tensor:
+        rv = r.view(-1, 1)
+        used = (p @ torch.minimum(rv, c1).unsqueeze(2) + q @ torch.minimum(rv, c2).unsqueeze(2)).squeeze(2)
+        return (used <= d).all(1) & (d > 0).all(1)
+
+    at_cap = ok(high)
+    for _ in range(steps):
+        mid = (low + high) / 2
+        good = ok(mid)
+        low, high = torch.where(good, mid, low), torch.where(good, high, mid)
+    return torch.where(at_cap, cap, low)
+
+
+def _relaxation(model: nn.Module, x: Tensor, y: Tensor, r_lower: Tensor, r_upper: Tensor,
+                input_range: tuple[float, float] | None, intermediate: Intermediate, target: float
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Build CROWN on the (clipped) box ``[x - r_lower, x + r_upper]``; return ``P, Q, d`` and the caps."""
+    lower, upper = clipped_box(x, r_lower, r_upper, input_range)
+    with torch.no_grad():
+        bound = linear_margin_bounds(model, lower, upper, y, intermediate=intermediate)
+        p, q, d = _linear_parts(bound, x, y, target)
+    c1, c2 = _caps(x, r_lower, r_upper, input_range)
+    return p, q, d, c1, c2
+
+
+def crown_uniform_radius(model: nn.Module, x: Tensor, y: Tensor, *, target: float,
+                         input_range: tuple[float, float] | None = None, rounds: int = 6,
+                         intermediate: Intermediate = "crown", cap: float = 2.0) -> Tensor:
+    """A uniform radius certified by CROWN relaxations, with one network relaxation per round.
+
+    Round 0 linearises at ``x`` (zero width: the relaxation is the network's local linear map) and takes the
+    closed-form root as the first relaxation radius ``R``. Each round builds CROWN on ``[x - R, x + R]`` and
+    computes the largest ``r <= R`` its linear bound certifies (no network pass); ``r = R`` means ``R`` is
+    certified (grow ``R`` by 2x), otherwise the next ``R`` is the geometric mean of ``r`` and ``R`` (the
+    CROWN radius lies between them). The largest certified ``r`` is returned.
+
+    Args:
+        model: A supported model in eval mode.
+        x: Inputs ``(B, ...)``.
+        y: Labels ``(B,)``.
+        target: The margin to certify.
+        input_range: Clip boxes to it, if given.
+        rounds: Relaxations after the zero-width one.
+        intermediate: Intermediate bounds of CROWN (``"crown"`` or ``"ibp"``).
+        cap: Largest radius considered.
+
+    Returns:
+        Radii ``(B,)`` (``0`` where not even ``x`` is certified).
+    """
+    batch = x.shape[0]
+    view = (batch, *([1] * (x.dim() - 1)))
+    zero = torch.zeros(view, dtype=x.dtype, device=x.device)
+    p, q, d, _, _ = _relaxation(model, x, y, zero, zero, input_range, intermediate, target)
+    inf = torch.full_like(x, cap).flatten(1)
+    c1, c2 = _caps(x, inf.view_as(x), inf.view_as(x), input_range)
+    radius_cap = torch.full((batch,), cap, dtype=x.dtype, device=x.device)
+    relax_radius = _uniform_on_relaxation(p, q, d, c1, c2, radius_cap).clamp(min=1e-6)
+    best = torch.zeros(batch, dtype=x.dtype, device=x.device)
+    for _ in range(rounds):
+        r_view = relax_radius.view(view)
+        p, q, d, c1, c2 = _relaxation(model, x, y, r_view, r_view, input_range, intermediate, target)
+        r = _uniform_on_relaxation(p, q, d, c1, c2, relax_radius)
+        best = torch.maximum(best, r)
+        reached = r >= relax_radius
+        relax_radius = torch.where(reached, (2 * relax_radius).clamp(max=cap),
+                                   (r.clamp(min=1e-3 * relax_radius) * relax_radius).sqrt())
+    return best
+
+
+def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_radius: Tensor, *, symmetric: bool,
+                         target: float, input_range: tuple[float, float] | None = None, rounds: int = 4,
+                         steps: int = 200, intermediate: Intermediate = "crown"
+                         ) -> tuple[Tensor, Tensor]:
+    """Per-pixel radii (asymmetric, or non-uniform when ``symmetric``) certified by CROWN relaxations.
+
+    Round ``k`` builds CROWN on ``[x - g_k e1, x + g_k e2]`` around the best radii so far (``g_k = 1 + 1/k``,
+    starting from the uniform radius) and solves Problem 2 on that relaxation by the dual method
+    (:func:`solve_box_problem`); the best solution over the rounds (by the objective) is returned.
+
+    Args:
+        model: A supported model in eval mode.
+        x: Correctly classified inputs ``(B, ...)``.
+        y: Labels ``(B,)``.
+        init_radius: A certified uniform radius per example ``(B,)``.
+        symmetric: ``e1 = e2`` (non-uniform) instead of asymmetric radii.
+        target: The margin to certify.
+        input_range: Clip boxes to it, if given.
+        rounds: Relaxations (network passes of CROWN).
+        steps: Dual steps per round.
+        intermediate: Intermediate bounds of CROWN (``"crown"`` or ``"ibp"``).
+
+    Returns:
+        ``(eps_lower, eps_upper)`` shaped like ``x``, certified by the relaxation of some round (the caller
+        re-verifies).
+    """
+    view = (x.shape[0], *([1] * (x.dim() - 1)))
+    best_l = init_radius.view(view).expand_as(x).clone()
+    best_u = best_l.clone()
+    c1, c2 = _caps(x, best_l, best_u, input_range)
+    best = torch.where(init_radius > 0, _log_width(c1, c2), torch.full_like(init_radius, -math.inf))
+    floor = init_radius.clamp(min=1e-6).view(view)
+    for k in range(1, rounds + 1):
+        growth = 1 + 1 / k
+        r_lower = (best_l * growth).clamp(min=floor)
+        r_upper = (best_u * growth).clamp(min=floor)
+        p, q, d, c1, c2 = _relaxation(model, x, y, r_lower, r_upper, input_range, intermediate, target)
+        e1, e2 = solve_box_problem(p, q, d, c1, c2, symmetric=symmetric, steps=steps)
+        objective = torch.where((d > 0).all(1), _log_width(e1, e2), torch.full_like(best, -math.inf))
+        better = (objective > best).view(view)
+        best = torch.maximum(objective, best)
+        best_l = torch.where(better, e1.view_as(x), best_l)
+        best_u = torch.where(better, e2.view_as(x), best_u)
+    return best_l, best_u
+
