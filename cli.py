@@ -36,6 +36,8 @@ class CertifyOptions:
         output_dir: Folder for the report; default ``<checkpoint folder>/../certify``.
         num_figure_examples: Examples drawn in the heatmap and Explorer figures.
         seed: Seed of the certification optimiser (and of the attacks' and CLEVER's random draws).
+        method: Bound method of the certification and of its final check: ``ibp`` (interval propagation, Amoeba
+            Theorem 1) or ``crown`` (CROWN linear relaxation, never looser than ibp; much wider boxes, slower).
         attacks: Write the attacks report (Amoeba Table 4: plain, ``^s`` and ``^a`` attacks; ``attacks.json``,
             ``attacks.md``, ``certify/attacks/...`` tags).
         attack_num_examples: Cap on the examples attacked (the first ones of the certified examples).
@@ -83,6 +85,7 @@ class CertifyOptions:
         output_dir: str | None = None,
         num_figure_examples: int = 16,
         seed: int = 0,
+        method: Literal["ibp", "crown"] = "ibp",
         attacks: bool = True,
         attack_num_examples: int = 200,
         attack_fgsm_eps: list[float] | None = None,
@@ -131,6 +134,7 @@ class CertifyOptions:
         self.output_dir = output_dir
         self.num_figure_examples = num_figure_examples
         self.seed = seed
+        self.method = method
         self.attacks = attacks
         self.attack_num_examples = attack_num_examples
         self.attack_fgsm_eps = fgsm_eps

@@ -3,7 +3,8 @@
 Nothing here imports from the rest of the repository, so every function works on any ``nn.Module``.
 
 - Bounds and certification (Amoeba): :func:`interval_bounds`, :func:`margin_lower_bounds`, :func:`certify`
-  -> :class:`Certificate`.
+  -> :class:`Certificate`; CROWN linear relaxation: :func:`crown_margin_bounds`, :func:`linear_margin_bounds`
+  (``certify(..., method="crown")``).
 - Attacks: :func:`fgsm`, :func:`bim`, :func:`pgd`, :func:`carlini_wagner_l2` -> :class:`AttackResult`;
   bound-guided attacks (Amoeba Algorithm 2): :func:`guided_masks`, :func:`guided_attack`.
 - Scores: :func:`acts_score` (ACTS), :func:`clever_score` (CLEVER), :func:`overlap_percent`, :func:`score_auroc`.
@@ -24,6 +25,7 @@ from bounds.attacks import AttackResult, bim, carlini_wagner_l2, fgsm, pgd
 from bounds.certificate import Certificate
 from bounds.certify import certify
 from bounds.clever import clever_score
+from bounds.crown import LinearMarginBound, crown_margin_bounds, linear_margin_bounds
 from bounds.errors import UnsupportedLayerError
 from bounds.guided_attack import guided_attack, guided_masks, perturbation_distances
 from bounds.interval import check_supported, interval_bounds
@@ -36,6 +38,7 @@ __all__ = [
     "AttackResult",
     "Certificate",
     "InputNormalization",
+    "LinearMarginBound",
     "UnsupportedLayerError",
     "acts_score",
     "bim",
@@ -44,6 +47,7 @@ __all__ = [
     "certify",
     "check_supported",
     "clever_score",
+    "crown_margin_bounds",
     "evaluation_mode",
     "explorer_map",
     "fgsm",
@@ -51,6 +55,7 @@ __all__ = [
     "guided_attack",
     "guided_masks",
     "interval_bounds",
+    "linear_margin_bounds",
     "margin_lower_bounds",
     "mean_certified_width",
     "overlap_percent",

@@ -94,6 +94,8 @@ class AmoebaBoundCallback(Callback):
             ``hparams.input_range``, else ``(-1, 1)`` (the bisection bracket; boxes are not clipped unless asked).
         iterations: Augmented-Lagrangian iterations of the non-uniform and asymmetric kinds (cost is about
             linear in it).
+        method: Bound method: ``"ibp"`` (interval propagation) or ``"crown"`` (linear relaxation: much wider
+            boxes, far slower on conv nets).
 
     Raises:
         ValueError: On invalid arguments.
@@ -112,6 +114,7 @@ class AmoebaBoundCallback(Callback):
         model_attribute: str | Sequence[str] | None = None,
         input_range: tuple[float, float] | None = None,
         iterations: int = 100,
+        method: Literal["ibp", "crown"] = "ibp",
     ) -> None:
         super().__init__()
         kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
@@ -137,6 +140,7 @@ class AmoebaBoundCallback(Callback):
         self.model_attribute = check_model_attribute(model_attribute)
         self.input_range = check_input_range(input_range)
         self.iterations = iterations
+        self.method = method
         self._stores = {kind: ExampleStore(_FIELDS) for kind in kinds}
         self._images = {kind: ExampleStore(_IMAGE_FIELDS) for kind in kinds}
         self._indexer = ExampleIndexer(type(self).__name__)
@@ -274,7 +278,7 @@ class AmoebaBoundCallback(Callback):
             for kind in self.kinds:
                 cert = certify(network, x, y, kind=kind, delta=self.delta, clip_to_input_range=self.clip_to_input_range,
                                input_range=self._range, seed=self.seed, iterations=self.iterations,
-                               batch_size=self.batch_size)
+                               batch_size=self.batch_size, method=self.method)
                 self._stores[kind].update(index, width=geometric_mean_width(cert), certified=cert.certified,
                                           eps_lower=cert.eps_lower, eps_upper=cert.eps_upper)
                 if bool(show.any()):

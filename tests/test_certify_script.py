@@ -90,3 +90,33 @@ def test_certify_rejects_a_checkpoint_of_another_model(trained_checkpoint: Path,
     with pytest.raises(CheckpointMismatchError, match="lenet"):
         certify.main(["--config", "normal_lenet.yaml", "--model.init_args.architecture=fc100",
                       f"--ckpt_path={trained_checkpoint}", f"--trainer.logger.init_args.save_dir={tmp_path}", *QUIET])
+
+
+def test_certify_with_crown_gives_sound_and_wider_boxes(tmp_path: Path) -> None:
+    from bounds.crown import crown_margin_bounds
+
+    fc = ["--config", "normal_lenet.yaml", "--model.init_args.architecture=fc100", *SMALL_DATA, *QUIET,
+          f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    cli = train.main([*fc, "--trainer.max_epochs=1"])
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    reports = {}
+    for method in ("ibp", "crown"):
+        out = tmp_path / method
+        reports[method] = certify.main([*fc, f"--ckpt_path={ckpt}", "--certify.num_examples=6",
+                                        "--certify.kinds=[uniform, asymmetric]", f"--certify.method={method}",
+                                        "--certify.attacks=false", "--certify.acts=false",
+                                        f"--certify.output_dir={out}"])
+    for kind in ("uniform", "asymmetric"):
+        assert reports["crown"]["kinds"][kind]["mean_geometric_width"] > reports["ibp"]["kinds"][kind][
+            "mean_geometric_width"]
+    radii = torch.load(tmp_path / "crown" / "radii.pt")
+    network = cli.model.model.eval()
+    cli.datamodule.setup("test")
+    for result in radii.values():
+        x = torch.stack([cli.datamodule.test_set[int(i)][0] for i in result["index"]])
+        y = torch.tensor([int(cli.datamodule.test_set[int(i)][1]) for i in result["index"]])
+        certified = result["certified"]
+        lower, upper = x - result["eps_lower"], x + result["eps_upper"]
+        margins = crown_margin_bounds(network, lower[certified], upper[certified], y[certified])
+        assert bool((margins >= 1e-4 - 1e-7).all())
+        assert_label_constant(network, lower, upper, y, mask=certified, pgd_steps=20, num_samples=16)
