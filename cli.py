@@ -6,6 +6,7 @@ subcommand to declare it; Lightning issues #12302 and #17447).
 """
 
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -238,15 +239,18 @@ def make_cli(args: Sequence[str] | None, model_class: type[LightningModule] | No
     from lightning_modules import ImageClassifier
 
     argv = resolve_config_arguments(sys.argv[1:] if args is None else args)
-    return RobustCLI(
-        model_class=model_class or ImageClassifier,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=argv,
-        run=False,
-    )
+    with warnings.catch_warnings():
+        # The resolved sys.argv is passed as ``args``; Lightning would warn that both are given.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return RobustCLI(
+            model_class=model_class or ImageClassifier,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            args=argv,
+            run=False,
+        )
 
 
 class CheckpointMismatchError(ValueError):
