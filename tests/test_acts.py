@@ -1,6 +1,5 @@
 """ACTS (bounds.acts) and the Overlap% / AUROC protocol helpers (bounds.overlap)."""
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,15 +12,6 @@ from bounds.attacks.bim import bim
 from bounds.attacks.pgd import pgd
 from bounds.overlap import overlap_percent, score_auroc, score_histograms
 from lightning_modules.zoo import build_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: a second intra-op thread only adds contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_jvp_matches_autograd_jacobian() -> None:

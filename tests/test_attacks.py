@@ -1,6 +1,5 @@
 """Invariants of the stateless attacks in bounds.attacks."""
 
-from collections.abc import Iterator
 from functools import partial
 
 import pytest
@@ -13,16 +12,6 @@ from bounds.attacks.common import AttackResult
 from bounds.attacks.fgsm import fgsm
 from bounds.attacks.pgd import pgd
 from lightning_modules.zoo import build_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: a second intra-op thread only adds contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SHAPE = (1, 12, 12)
 

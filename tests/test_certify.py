@@ -35,14 +35,6 @@ def small_conv_net(seed: int) -> nn.Sequential:
     return model.eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP oversubscription on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def synthetic_2d(seed: int = 0, n: int = 600) -> tuple[torch.Tensor, torch.Tensor]:
     """Amoeba's 2-D synthetic task: points in [-1, 1]^2 labelled by the nearest of 5 fixed random seed points."""

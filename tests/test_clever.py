@@ -1,6 +1,5 @@
 """CLEVER (bounds.clever) against closed forms."""
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -9,15 +8,6 @@ from scipy import stats
 from torch import nn
 
 from bounds.clever import clever_score, reverse_weibull_location
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: a second intra-op thread only adds contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(("norm", "dual"), [("l2", 2), ("linf", 1)])

@@ -1,7 +1,6 @@
 """Amoeba Algorithm 2 (bound-guided attacks) and the Table 4 distances."""
 
 import math
-from collections.abc import Iterator
 from functools import partial
 
 import pytest
@@ -13,16 +12,6 @@ from bounds.attacks.pgd import pgd
 from bounds.certificate import Certificate
 from bounds.guided_attack import apply_masks, guided_attack, guided_masks, perturbation_distances
 from lightning_modules.zoo import build_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: a second intra-op thread only adds contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SHAPE = (1, 8, 8)
 PIXELS = 64

@@ -9,15 +9,6 @@ from bounds.normalization import InputNormalization
 from tests.soundness import assert_encloses, sample_box
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP oversubscription on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _randomise_batchnorm(model: nn.Module, gen: torch.Generator) -> None:
     with torch.no_grad():
         for m in model.modules():
