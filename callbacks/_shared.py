@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
@@ -124,6 +124,56 @@ def scheduled_to_run(trainer: Trainer, every_n_epochs: int, last_run_step: int) 
     if trainer.state.fn != TrainerFn.FITTING:
         return False
     return trainer.current_epoch % every_n_epochs == 0 and last_run_step != trainer.global_step
+
+
+class ValidationSubsetCallback(Callback):
+    """What both robustness callbacks share: the run schedule and the resume state of a fixed validation subset.
+
+    Subclasses set ``num_examples``, ``every_n_epochs``, ``seed``, ``_disabled`` and ``_network`` in their
+    constructor (and ``setup``), call :meth:`_mark_run` after each completed run, and may add entries to the
+    checkpointed state with :meth:`_extra_state`.
+    """
+
+    num_examples: int
+    every_n_epochs: int
+    seed: int
+    _disabled: bool
+    _network: nn.Module | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_run_step: int | None = None
+        self.last_run_epoch: int | None = None
+        self.runs = 0
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Entries a subclass adds to its checkpointed state (e.g. the certification kinds)."""
+        return {}
+
+    def _should_run(self, trainer: Trainer) -> bool:
+        if self._disabled or self._network is None:
+            return False
+        return scheduled_to_run(trainer, self.every_n_epochs, self.last_run_step)
+
+    def _mark_run(self, trainer: Trainer) -> None:
+        self.last_run_step, self.last_run_epoch = trainer.global_step, trainer.current_epoch
+        self.runs += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The subset definition and the last run (epoch and global step), for resuming."""
+        return {"num_examples": self.num_examples, **self._extra_state(), "seed": self.seed,
+                "last_run_step": self.last_run_step, "last_run_epoch": self.last_run_epoch, "runs": self.runs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the last run; warn if the subset changed (curves before and after the resume then differ)."""
+        if state_dict.get("num_examples") != self.num_examples or state_dict.get("seed") != self.seed:
+            rank_zero_warn(f"{type(self).__name__}: the checkpoint used num_examples="
+                           f"{state_dict.get('num_examples')}, seed={state_dict.get('seed')}; this run uses "
+                           f"num_examples={self.num_examples}, seed={self.seed}, so its curves do not continue the "
+                           "checkpoint's.")
+        self.last_run_step = state_dict.get("last_run_step")
+        self.last_run_epoch = state_dict.get("last_run_epoch")
+        self.runs = int(state_dict.get("runs", 0))
 
 
 def split_batch(batch: Any) -> tuple[Tensor, Tensor] | None:

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
@@ -16,6 +16,7 @@ from bounds.overlap import overlap_percent, score_auroc
 from callbacks._shared import (
     ExampleIndexer,
     ExampleStore,
+    ValidationSubsetCallback,
     check_input_range,
     check_model_attribute,
     check_positive,
@@ -23,7 +24,6 @@ from callbacks._shared import (
     log_scalars,
     resolve_input_range,
     resolve_network,
-    scheduled_to_run,
     split_batch,
     tensorboard_writer,
     warn_failure,
@@ -58,7 +58,7 @@ def per_example_pgd(model: nn.Module, x: Tensor, y: Tensor, index: Tensor, *, ep
     return AttackResult(adversarial=result.adversarial, steps=steps_taken, success=result.success, num_init_steps=1)
 
 
-class ACTSCallback(Callback):
+class ACTSCallback(ValidationSubsetCallback):
     """Log Adversarial Converging Time Scores (ACTS, :func:`bounds.acts.acts_score`) of a fixed validation subset.
 
     On the examples of the fixed subset the callback runs the attack (FGSM, BIM or l_inf PGD) away from the
@@ -153,9 +153,6 @@ class ACTSCallback(Callback):
         self._disabled = False
         self._active = False
         self._failed_here = False
-        self.last_run_step: int | None = None
-        self.last_run_epoch: int | None = None
-        self.runs = 0
 
     # ----------------------------------------------------------------------------------------- state
 
@@ -166,23 +163,6 @@ class ACTSCallback(Callback):
         return self._generate_state_key(attack=self.attack, eps=self.eps, num_examples=self.num_examples,
                                         model_attribute=self.model_attribute)
 
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        """The subset definition and the last run (epoch and global step), for resuming."""
-        return {"num_examples": self.num_examples, "seed": self.seed, "last_run_step": self.last_run_step,
-                "last_run_epoch": self.last_run_epoch, "runs": self.runs}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the last run; warn if the subset changed (curves before and after the resume then differ)."""
-        if state_dict.get("num_examples") != self.num_examples or state_dict.get("seed") != self.seed:
-            rank_zero_warn(f"{type(self).__name__}: the checkpoint scored num_examples="
-                           f"{state_dict.get('num_examples')}, seed={state_dict.get('seed')}; this run uses "
-                           f"num_examples={self.num_examples}, seed={self.seed}, so its curves do not continue the "
-                           "checkpoint's.")
-        self.last_run_step = state_dict.get("last_run_step")
-        self.last_run_epoch = state_dict.get("last_run_epoch")
-        self.runs = int(state_dict.get("runs", 0))
 
     # ----------------------------------------------------------------------------------------- hooks
 
@@ -192,10 +172,6 @@ class ACTSCallback(Callback):
         self._network, _ = resolve_network(pl_module, self.model_attribute, prefer_inner=False)
         self._range = resolve_input_range(self.input_range, trainer, pl_module)
 
-    def _should_run(self, trainer: Trainer) -> bool:
-        if self._disabled or self._network is None:
-            return False
-        return scheduled_to_run(trainer, self.every_n_epochs, self.last_run_step)
 
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -289,8 +265,7 @@ class ACTSCallback(Callback):
         if not math.isnan(auroc):
             scalars["val/acts/auroc"] = auroc
         log_scalars(pl_module, scalars)
-        self.last_run_step, self.last_run_epoch = trainer.global_step, trainer.current_epoch
-        self.runs += 1
+        self._mark_run(trainer)
         if trainer.is_global_zero and finite.numel():
             writer = tensorboard_writer(trainer)
             if writer is not None:

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
@@ -16,6 +16,7 @@ from bounds.interval import check_supported
 from callbacks._shared import (
     ExampleIndexer,
     ExampleStore,
+    ValidationSubsetCallback,
     check_input_range,
     check_model_attribute,
     check_positive,
@@ -23,7 +24,6 @@ from callbacks._shared import (
     log_scalars,
     resolve_input_range,
     resolve_network,
-    scheduled_to_run,
     split_batch,
     tensorboard_writer,
     warn_failure,
@@ -36,7 +36,7 @@ _FIELDS = ("width", "certified", "eps_lower", "eps_upper")
 _IMAGE_FIELDS = ("inputs", "heatmap", "explorer")
 
 
-class AmoebaBoundCallback(Callback):
+class AmoebaBoundCallback(ValidationSubsetCallback):
     """Certify the first ``num_examples`` validation examples every ``every_n_epochs`` epochs and log the bounds.
 
     For each kind (``"uniform"``, ``"nonuniform"``, ``"asymmetric"``) the callback calls
@@ -152,9 +152,6 @@ class AmoebaBoundCallback(Callback):
         self._active = False
         self._failed_here = False
         self._input_shape: tuple[int, ...] | None = None
-        self.last_run_step: int | None = None
-        self.last_run_epoch: int | None = None
-        self.runs = 0
 
     # ----------------------------------------------------------------------------------------- state
 
@@ -165,23 +162,10 @@ class AmoebaBoundCallback(Callback):
         return self._generate_state_key(kinds=self.kinds, num_examples=self.num_examples,
                                         model_attribute=self.model_attribute)
 
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        """The subset definition and the last run (epoch and global step), for resuming."""
-        return {"num_examples": self.num_examples, "kinds": list(self.kinds), "seed": self.seed,
-                "last_run_step": self.last_run_step, "last_run_epoch": self.last_run_epoch, "runs": self.runs}
 
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the last run; warn if the subset changed (curves before and after the resume then differ)."""
-        if state_dict.get("num_examples") != self.num_examples or state_dict.get("seed") != self.seed:
-            rank_zero_warn(f"{type(self).__name__}: the checkpoint certified num_examples="
-                           f"{state_dict.get('num_examples')}, seed={state_dict.get('seed')}; this run uses "
-                           f"num_examples={self.num_examples}, seed={self.seed}, so its curves do not continue the "
-                           "checkpoint's.")
-        self.last_run_step = state_dict.get("last_run_step")
-        self.last_run_epoch = state_dict.get("last_run_epoch")
-        self.runs = int(state_dict.get("runs", 0))
+    def _extra_state(self) -> dict[str, Any]:
+        """The certification kinds are part of the subset's definition."""
+        return {"kinds": list(self.kinds)}
 
     # ----------------------------------------------------------------------------------------- setup
 
@@ -222,10 +206,6 @@ class AmoebaBoundCallback(Callback):
         base = f"pl_module.{names[0]}" if names is not None else inner
         return f"{base}.{path}" if path else base
 
-    def _should_run(self, trainer: Trainer) -> bool:
-        if self._disabled or self._network is None:
-            return False
-        return scheduled_to_run(trainer, self.every_n_epochs, self.last_run_step)
 
     # ----------------------------------------------------------------------------------------- hooks
 
@@ -320,8 +300,7 @@ class AmoebaBoundCallback(Callback):
             if "asymmetric" in mean_width and other in mean_width and mean_width[other] > 0:
                 scalars[f"val/amoeba/ratio_asymmetric_{other}"] = mean_width["asymmetric"] / mean_width[other]
         log_scalars(pl_module, scalars)
-        self.last_run_step, self.last_run_epoch = trainer.global_step, trainer.current_epoch
-        self.runs += 1
+        self._mark_run(trainer)
         if trainer.is_global_zero:
             self._write_tensorboard(trainer, results, images)
 
