@@ -45,8 +45,17 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from bounds.crown_patches import patch_bounds, patches_apply
 from bounds.errors import UnsupportedLayerError
-from bounds.interval import _leaves, _validate_box, interval_bounds  # the layer walk shared with IBP
+from bounds.interval import interval_bounds, supported_layers, validate_box
+from bounds.layer_relaxations import (
+    PoolRelaxation,
+    Relaxation,
+    Relaxations,
+    activation_below_pool,
+    affine_parts,
+    relax_layer,
+)
 from bounds.margins import margins_from_bounds
 from bounds.normalization import InputNormalization
 
@@ -85,78 +94,12 @@ class LinearMarginBound:
         return _concretize(self.coefficients, self.offset, lower, upper)
 
 
-@dataclass
-class _Relaxation:
-    """Linear bounds ``slope_l z + icpt_l <= sigma(z) <= slope_u z + icpt_u`` of one nonlinear layer."""
-
-    slope_l: Tensor
-    icpt_l: Tensor
-    slope_u: Tensor
-    icpt_u: Tensor
-    has_icpt_l: bool = True
-
-
-@dataclass
-class _PoolRelaxation:
-    """MaxPool2d: below ``x[index]``; above ``x[index]`` where ``exact`` else the constant ``top``."""
-
-    index: Tensor
-    exact: Tensor
-    top: Tensor
-    in_shape: tuple[int, ...]
-
-
 def _concretize(coefficients: Tensor, offset: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
     """``min_{x in [lower, upper]} A x + b`` for ``A (B, S, ...)``: ``A mid - |A| rad + b`` (``(B, S)``)."""
     mid = ((upper + lower) / 2).flatten(1).unsqueeze(2)
     rad = ((upper - lower) / 2).clamp(min=0).flatten(1).unsqueeze(2)
     flat = coefficients.flatten(2)
     return (flat @ mid).squeeze(2) - (flat.abs() @ rad).squeeze(2) + offset
-
-
-def _relu_relaxation(lower: Tensor, upper: Tensor, slope: float) -> _Relaxation:
-    """CROWN's ReLU/LeakyReLU lines (chord above, adaptive line through the origin below)."""
-    unstable = (lower < 0) & (upper > 0)
-    active = lower >= 0
-    denominator = torch.where(unstable, upper - lower, torch.ones_like(upper))
-    chord = (upper - slope * lower) / denominator
-    slope_u = torch.where(unstable, chord, torch.where(active, 1.0, slope))
-    icpt_u = torch.where(unstable, lower * (slope - chord), torch.zeros_like(lower))
-    adaptive = torch.where(upper >= -lower, 1.0, slope)
-    slope_l = torch.where(unstable, adaptive, torch.where(active, 1.0, slope)).to(lower.dtype)
-    return _Relaxation(slope_l, torch.zeros_like(lower), slope_u.to(lower.dtype), icpt_u, has_icpt_l=False)
-
-
-def _monotone_relaxation(layer: nn.Module, lower: Tensor, upper: Tensor) -> _Relaxation:
-    """Parallel lines of slope ``min(sigma'(l), sigma'(u))`` for Sigmoid/Tanh (unimodal derivatives)."""
-    f_l, f_u = layer(lower), layer(upper)
-    if isinstance(layer, nn.Sigmoid):
-        d_l, d_u = f_l * (1 - f_l), f_u * (1 - f_u)
-    else:
-        d_l, d_u = 1 - f_l * f_l, 1 - f_u * f_u
-    slope = torch.minimum(d_l, d_u).clamp(min=0)
-    return _Relaxation(slope, f_l - slope * lower, slope, f_u - slope * upper)
-
-
-def _pool_relaxation(layer: nn.MaxPool2d, lower: Tensor, upper: Tensor) -> _PoolRelaxation:
-    """MaxPool2d: the entry with the largest lower bound below; the window's largest upper bound above."""
-    pool = {"kernel_size": layer.kernel_size, "stride": layer.stride, "padding": layer.padding,
-            "dilation": layer.dilation, "ceil_mode": layer.ceil_mode}
-    best_lower, index = F.max_pool2d(lower, return_indices=True, **pool)
-    top = F.max_pool2d(upper, **pool)
-    stride = layer.stride if layer.stride is not None else layer.kernel_size
-    as_pair = (lambda v: (v, v) if isinstance(v, int) else tuple(v))  # noqa: E731
-    disjoint = all(s >= k for s, k in zip(as_pair(stride), as_pair(layer.kernel_size), strict=True)) and \
-        as_pair(layer.dilation) == (1, 1)
-    if disjoint:
-        # Exact where the chosen entry dominates the rest of its window: the largest upper bound of the others.
-        flat = upper.flatten(2)
-        masked = flat.scatter(2, index.flatten(2), -torch.inf).view_as(upper)
-        others = F.max_pool2d(masked, **pool)
-        exact = best_lower >= others
-    else:
-        exact = torch.zeros_like(best_lower, dtype=torch.bool)
-    return _PoolRelaxation(index, exact, top, tuple(lower.shape[1:]))
 
 
 def _conv_backward(layer: nn.Conv2d, coeffs: Tensor, in_shape: tuple[int, ...], path: str) -> Tensor:
@@ -179,27 +122,7 @@ def _conv_backward(layer: nn.Conv2d, coeffs: Tensor, in_shape: tuple[int, ...], 
     return result.reshape(batch, specs, *in_shape)
 
 
-def _affine_parts(layer: nn.Module, path: str, like: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel ``(scale, shift)`` of BatchNorm (eval) and InputNormalization, shaped to broadcast ``like``."""
-    if isinstance(layer, InputNormalization):
-        scale = 1.0 / layer.std.reshape(-1)
-        shift = -layer.mean.reshape(-1) * scale
-    else:
-        if layer.training:
-            raise ValueError(f"{type(layer).__name__} at '{path}' is in train mode; CROWN needs eval mode.")
-        if layer.running_mean is None or layer.running_var is None:
-            raise UnsupportedLayerError(f"{type(layer).__name__}(track_running_stats=False)", path)
-        scale = torch.rsqrt(layer.running_var + layer.eps)
-        shift = -layer.running_mean * scale
-        if layer.weight is not None:
-            scale, shift = scale * layer.weight, shift * layer.weight
-        if layer.bias is not None:
-            shift = shift + layer.bias
-    view = (1, -1, *([1] * (like.dim() - 2)))
-    return scale.reshape(view), shift.reshape(view)
-
-
-def _backward(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], relaxations: dict[int, object],
+def _backward(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], relaxations: Relaxations,
               coeffs: Tensor, offset: Tensor, stop: int, start: int = 0) -> tuple[Tensor, Tensor]:
     """Back-substitute ``Lambda`` (``(B or 1, S, *shape after layer stop - 1)``) down to the model input.
 
@@ -216,7 +139,8 @@ def _backward(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]]
         ``(Lambda, offset)`` w.r.t. the input ``h`` of layer ``start`` (the model input by default):
         ``C f >= Lambda h + offset`` on the box.
     """
-    for i in range(stop - 1, start - 1, -1):
+    i = stop - 1
+    while i >= start:
         path, layer = layers[i]
         in_shape = shapes[i]
         if isinstance(layer, nn.Linear):
@@ -228,8 +152,9 @@ def _backward(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]]
                 offset = offset + coeffs.sum(dim=(-2, -1)) @ layer.bias
             coeffs = _conv_backward(layer, coeffs, in_shape, path)
         elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d, InputNormalization)):
-            scale, shift = _affine_parts(layer, path, coeffs.flatten(0, 1))
-            scale, shift = scale.unsqueeze(0), shift.unsqueeze(0)  # (1, 1, C, 1, ...) against (B, S, C, ...)
+            scale, shift = affine_parts(layer, path)
+            view = (1, 1, -1, *([1] * (coeffs.dim() - 3)))  # against (B, S, C, ...)
+            scale, shift = scale.reshape(view), shift.reshape(view)
             offset = offset + (coeffs * shift).flatten(2).sum(2)
             coeffs = coeffs * scale
         elif isinstance(layer, nn.AvgPool2d):
@@ -242,27 +167,44 @@ def _backward(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]]
         elif isinstance(layer, (nn.Identity, nn.Dropout)):
             pass
         elif isinstance(layer, nn.MaxPool2d):
-            coeffs, offset = _pool_backward(relaxations[i], coeffs, offset)  # type: ignore[arg-type]
-        else:  # activations: [Lambda]_+ takes the lower line, [Lambda]_- the upper line (Theorem 3.2)
+            pool = relaxations[i]
+            assert isinstance(pool, PoolRelaxation)
+            below = activation_below_pool(layers, relaxations, i, start)
+            coeffs, offset = _pool_backward(pool, coeffs, offset, below)
+            if below is not None:
+                i -= 1  # the activation before the pool was applied at the pool's resolution
+        else:
             relax = relaxations[i]
-            assert isinstance(relax, _Relaxation)
-            negative = coeffs.clamp(max=0)
-            flat_neg = negative.flatten(2)
-            offset = offset + (flat_neg @ relax.icpt_u.flatten(1).unsqueeze(2)).squeeze(2)
-            if relax.has_icpt_l:
-                positive = coeffs - negative
-                offset = offset + (positive.flatten(2) @ relax.icpt_l.flatten(1).unsqueeze(2)).squeeze(2)
-            sl = relax.slope_l.unsqueeze(1)
-            coeffs = torch.addcmul(coeffs * sl, negative, (relax.slope_u - relax.slope_l).unsqueeze(1))
+            assert isinstance(relax, Relaxation)
+            coeffs, offset = _activation_backward(relax, coeffs, offset)
+        i -= 1
     return coeffs, offset
 
 
-def _pool_backward(relax: _PoolRelaxation, coeffs: Tensor, offset: Tensor) -> tuple[Tensor, Tensor]:
-    """Back-substitute through MaxPool2d's relaxation: a scatter of ``Lambda`` onto the selected entries."""
+def _activation_backward(relax: Relaxation, coeffs: Tensor, offset: Tensor) -> tuple[Tensor, Tensor]:
+    """``[Lambda]_+`` takes the lower line, ``[Lambda]_-`` the upper line (Theorem 3.2); ``relax`` is ``(B, ...)``."""
+    negative = coeffs.clamp(max=0)
+    offset = offset + (negative.flatten(2) @ relax.icpt_u.flatten(1).unsqueeze(2)).squeeze(2)
+    if relax.has_icpt_l:
+        positive = coeffs - negative
+        offset = offset + (positive.flatten(2) @ relax.icpt_l.flatten(1).unsqueeze(2)).squeeze(2)
+    coeffs = torch.addcmul(coeffs * relax.slope_l.unsqueeze(1), negative, (relax.slope_u - relax.slope_l).unsqueeze(1))
+    return coeffs, offset
+
+
+def _pool_backward(relax: PoolRelaxation, coeffs: Tensor, offset: Tensor, activation: Relaxation | None
+                   ) -> tuple[Tensor, Tensor]:
+    """Back-substitute through MaxPool2d's relaxation: a scatter of ``Lambda`` onto the selected entries.
+
+    ``activation``: the relaxation of the activation before the pool at the selected entries
+    (:func:`~bounds.layer_relaxations.activation_below_pool`), applied before the scatter; ``None``: no fusion.
+    """
     keep = relax.exact.unsqueeze(1) | (coeffs >= 0)
     selected = torch.where(keep, coeffs, 0.0)
     constant = coeffs - selected  # the negative coefficients where the window is not exact
     offset = offset + (constant.flatten(2) @ relax.top.flatten(1).unsqueeze(2)).squeeze(2)
+    if activation is not None:
+        selected, offset = _activation_backward(activation, selected, offset)
     batch = max(coeffs.shape[0], relax.index.shape[0])
     specs = coeffs.shape[1]
     channels = relax.in_shape[0]
@@ -273,17 +215,8 @@ def _pool_backward(relax: _PoolRelaxation, coeffs: Tensor, offset: Tensor) -> tu
     return out.view(batch, specs, *relax.in_shape), offset
 
 
-def _relax(layer: nn.Module, lower: Tensor, upper: Tensor) -> object:
-    if isinstance(layer, nn.MaxPool2d):
-        return _pool_relaxation(layer, lower, upper)
-    if isinstance(layer, (nn.Sigmoid, nn.Tanh)):
-        return _monotone_relaxation(layer, lower, upper)
-    slope = float(layer.negative_slope) if isinstance(layer, nn.LeakyReLU) else 0.0
-    return _relu_relaxation(lower, upper, slope)
-
-
 def _intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]],
-                        relaxations: dict[int, object], stop: int, lower: Tensor, upper: Tensor,
+                        relaxations: Relaxations, stop: int, lower: Tensor, upper: Tensor,
                         in_lower: Tensor, in_upper: Tensor, only_unstable: bool) -> tuple[Tensor, Tensor]:
     """Full-CROWN bounds of the input of layer ``stop`` (``(B, *shapes[stop])``), tightening ``lower, upper``.
 
@@ -292,6 +225,10 @@ def _intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[
     only its own rows of ``[J; -J]`` (its unstable neurons, or all non-fixed ones), padded to the largest
     count of its chunk.
     """
+    if patches_apply(layers, shapes, stop):
+        crown_l, crown_u = patch_bounds(layers, shapes, relaxations, stop, in_lower, in_upper)
+        new_l = torch.maximum(lower, crown_l)
+        return new_l, torch.maximum(torch.minimum(upper, crown_u), new_l)  # rounding can cross; both are sound
     flat_l, flat_u = lower.flatten(1), upper.flatten(1)
     # ReLU inputs with u <= 0 are fixed (output 0); without a MaxPool after it only unstable ones matter.
     needed = (flat_l < 0) & (flat_u > 0) if only_unstable else flat_u > flat_l
@@ -327,7 +264,7 @@ def _intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[
         offset = jac_offset[index]
         spec = torch.cat([rows, -rows], 1)
         spec_offset = torch.cat([offset, -offset], 1)
-        part = {k: _slice_relaxation(v, begin, end) for k, v in relaxations.items() if k < stop}
+        part = {k: v.rows(begin, end) for k, v in relaxations.items() if k < stop}
         coeffs, total = _backward(layers, shapes, part, spec, spec_offset, last + 1)
         bounds = _concretize(coeffs, total, in_lower[begin:end], in_upper[begin:end])
         target = torch.where(valid, index, neurons)
@@ -339,14 +276,6 @@ def _intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[
         parts_u.append(padded_u[begin:end].scatter(1, target, up_new))
     new_l, new_u = torch.cat(parts_l), torch.cat(parts_u)
     return new_l[:, :neurons].reshape(lower.shape), new_u[:, :neurons].reshape(upper.shape)
-
-
-def _slice_relaxation(relax: object, begin: int, end: int) -> object:
-    if isinstance(relax, _Relaxation):
-        return _Relaxation(relax.slope_l[begin:end], relax.icpt_l[begin:end], relax.slope_u[begin:end],
-                           relax.icpt_u[begin:end], relax.has_icpt_l)
-    assert isinstance(relax, _PoolRelaxation)
-    return _PoolRelaxation(relax.index[begin:end], relax.exact[begin:end], relax.top[begin:end], relax.in_shape)
 
 
 def _only_unstable(layers: list[tuple[str, nn.Module]], i: int) -> bool:
@@ -364,7 +293,7 @@ def _only_unstable(layers: list[tuple[str, nn.Module]], i: int) -> bool:
 
 
 def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Intermediate
-           ) -> tuple[list[tuple[str, nn.Module]], list[tuple[int, ...]], dict[int, object], Tensor, Tensor]:
+           ) -> tuple[list[tuple[str, nn.Module]], list[tuple[int, ...]], Relaxations, Tensor, Tensor]:
     """Walk the model forward: intermediate bounds (IBP, tightened by CROWN) and every layer's relaxation.
 
     Returns:
@@ -373,25 +302,27 @@ def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Interme
     """
     if intermediate not in ("crown", "ibp"):
         raise ValueError(f"intermediate must be 'crown' or 'ibp', got {intermediate!r}")
-    _validate_box(lower, upper)
-    layers = list(_leaves(model, ""))
+    validate_box(lower, upper)
+    layers = list(supported_layers(model))
     shapes: list[tuple[int, ...]] = [tuple(lower.shape[1:])]
-    relaxations: dict[int, object] = {}
+    relaxations: Relaxations = {}
     box_l, box_u = lower, upper
     # CROWN can only tighten an input that went through an affine layer since the last nonlinear layer (the
     # interval bounds of an activation's or pooling's output given its input bounds are already exact).
     affine_since_nonlinear = False
     seen_nonlinear = False
+    # On a point (zero-width box) interval propagation is exact: nothing for CROWN to tighten.
+    tighten = intermediate == "crown" and not bool((upper == lower).all())
     for i, (path, layer) in enumerate(layers):
         if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
             raise UnsupportedLayerError(f"Conv2d(padding_mode={layer.padding_mode!r}) for CROWN", path)
         if isinstance(layer, nn.LeakyReLU) and layer.negative_slope > 1:
             raise UnsupportedLayerError(f"LeakyReLU(negative_slope={layer.negative_slope}) (concave) for CROWN", path)
         if isinstance(layer, _NONLINEAR):
-            if intermediate == "crown" and seen_nonlinear and affine_since_nonlinear:
+            if tighten and seen_nonlinear and affine_since_nonlinear:
                 box_l, box_u = _intermediate_crown(layers, shapes, relaxations, i, box_l, box_u, lower, upper,
                                                    only_unstable=_only_unstable(layers, i))
-            relaxations[i] = _relax(layer, box_l, box_u)
+            relaxations[i] = relax_layer(layer, box_l, box_u)
             seen_nonlinear = True
             affine_since_nonlinear = False
         elif not isinstance(layer, (nn.Flatten, nn.Identity, nn.Dropout)):
@@ -445,7 +376,7 @@ def linear_margin_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tens
 
 
 def _final_linear(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]],
-                  relaxations: dict[int, object], lower: Tensor, upper: Tensor, y: Tensor) -> LinearMarginBound:
+                  relaxations: Relaxations, lower: Tensor, upper: Tensor, y: Tensor) -> LinearMarginBound:
     if len(shapes[-1]) != 1:
         raise ValueError(f"the model must output logits (B, K), got per-example shape {shapes[-1]}")
     batch, classes = lower.shape[0], shapes[-1][0]

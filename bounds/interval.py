@@ -59,6 +59,17 @@ def _leaves(module: nn.Module, path: str) -> Iterator[tuple[str, nn.Module]]:
     yield path, module
 
 
+def supported_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(dotted path, layer)`` of every layer of a (nested) Sequential in execution order, all supported.
+
+    The one layer walk shared by interval propagation and CROWN.
+
+    Raises:
+        UnsupportedLayerError: At the first module that is neither a Sequential nor a supported layer.
+    """
+    return list(_leaves(model, ""))
+
+
 def check_supported(model: nn.Module) -> None:
     """Check that :func:`interval_bounds` can propagate through ``model`` without running it.
 
@@ -75,7 +86,8 @@ def check_supported(model: nn.Module) -> None:
         pass
 
 
-def _validate_box(lower: Tensor, upper: Tensor) -> None:
+def validate_box(lower: Tensor, upper: Tensor) -> None:
+    """Raise ``ValueError`` unless ``lower <= upper`` are finite tensors of one shape (up to rounding slack)."""
     if not isinstance(lower, Tensor) or not isinstance(upper, Tensor):
         raise ValueError(f"lower and upper must be tensors, got {type(lower).__name__} and {type(upper).__name__}")
     if lower.shape != upper.shape:
@@ -193,7 +205,7 @@ def interval_bounds(model: nn.Module, lower: Tensor, upper: Tensor) -> tuple[Ten
         >>> lo.tolist(), up.tolist()
         ([[-1.5]], [[1.5]])
     """
-    _validate_box(lower, upper)
+    validate_box(lower, upper)
     box = _Box(lower=lower, upper=upper)
     for path, layer in _leaves(model, ""):
         if isinstance(layer, _AFFINE):

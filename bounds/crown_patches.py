@@ -1,0 +1,301 @@
+"""CROWN back-substitution of convolutional feature maps in windows ("patches", as in auto_LiRPA).
+
+Full CROWN needs bounds of every pre-activation neuron of a convolutional layer, each by its own
+back-substitution to the input (Zhang et al. 2018, Theorem 3.2 applied to the neuron). Stored densely, the
+coefficients of one neuron span the whole feature map of every earlier layer although only its receptive field
+is nonzero: for the Amoeba LeNet's second convolution, 1,600 neurons x 2 sides x 6 x 28 x 28 coefficients,
+about 97% of them zero. Here every neuron ``(s, h, w)`` of the layer keeps only its window: a tensor ``P`` of
+shape ``(B, S, H_s, W_s, C, k_h, k_w)`` with a stride and a padding per axis, meaning that the coefficient of the
+current layer's input at ``(c, h * stride - padding + i, w * stride - padding + j)`` is ``P[b, s, h, w, c, i, j]``
+(Xu et al., NeurIPS 2020, "Automatic perturbation analysis", the patches mode of auto_LiRPA). The rules are the
+dense ones of :mod:`bounds.crown` restricted to the window:
+
+- ``Conv2d(W, b)`` with stride ``t``, padding ``p``, dilation ``d``: ``P <- conv_transpose2d(P, W)`` per window
+  (the window grows to ``(k_h - 1) t + d (k - 1) + 1``), ``stride <- stride t``, ``padding <- padding t + p``;
+  ``offset += sum(P) . b``. ``AvgPool2d`` is the depthwise convolution with weight ``1 / k^2``.
+- Per-channel affine layers (eval ``BatchNorm2d``, ``InputNormalization``): ``P <- P scale``,
+  ``offset += P . shift``.
+- Activations: the relaxation's slope and intercept maps are cut into the same windows (``F.unfold``);
+  ``[P]_+`` takes the lower line and ``[P]_-`` the upper line.
+- ``MaxPool2d`` with disjoint windows (stride = kernel): each coefficient moves to the entry its relaxation
+  selects inside its pooling window (a one-hot over the ``k x k`` positions), or, where it is negative and the
+  window is not exact, becomes the constant ``coefficient * top``.
+
+Window entries outside a feature map stand for the zero padding of the next layer and are zeroed after each
+step; at the input the windows of the box centre and radius give ``P mid - |P| rad + offset``. The results
+equal the dense back-substitution up to rounding (tested), at a cost proportional to the receptive field.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+
+from bounds.layer_relaxations import (
+    PoolRelaxation,
+    Relaxation,
+    Relaxations,
+    activation_below_pool,
+    affine_parts,
+    as_pair,
+)
+from bounds.normalization import InputNormalization
+
+_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
+_PASS_THROUGH = (nn.Identity, nn.Dropout)
+# Elements of the largest patch tensor per chunk of examples (memory: 4 bytes each, a few live at once).
+_CHUNK_ELEMENTS = 2**25
+# Windows with at most this many (input entries)^2 go through a transposed convolution as one dense matrix.
+_DENSE_WINDOW_MAP = 2**20
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Windows of one layer's input: size ``kernel``, spec neuron ``(h, w)`` starts at ``(h, w) * stride - padding``."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+    def through(self, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                dilation: tuple[int, int] = (1, 1)) -> "_Geometry":
+        """The windows of the input of a windowed layer (convolution or pooling) whose output has these."""
+        size = tuple((k - 1) * t + d * (kk - 1) + 1
+                     for k, t, d, kk in zip(self.kernel, stride, dilation, kernel, strict=True))
+        return _Geometry(size, tuple(s * t for s, t in zip(self.stride, stride, strict=True)),  # type: ignore[arg-type]
+                         tuple(p * t + q for p, t, q in zip(self.padding, stride, padding, strict=True)))
+
+
+def _conv_padding(layer: nn.Conv2d) -> tuple[int, int] | None:
+    if isinstance(layer.padding, str):
+        return (0, 0) if layer.padding == "valid" else None
+    return as_pair(layer.padding)
+
+
+def _pool_is_patchable(layer: nn.MaxPool2d | nn.AvgPool2d) -> bool:
+    stride = layer.stride if layer.stride is not None else layer.kernel_size
+    if layer.ceil_mode:
+        return False
+    if isinstance(layer, nn.MaxPool2d):  # each input entry in at most one window
+        return as_pair(stride) == as_pair(layer.kernel_size) and as_pair(layer.dilation) == (1, 1)
+    return layer.count_include_pad or as_pair(layer.padding) == (0, 0)
+
+
+def _geometries(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], stop: int
+                ) -> list[_Geometry] | None:
+    """Window geometry at the input of every layer ``0..stop`` (index ``i``), or ``None`` if not patchable.
+
+    Patchable: every layer below ``stop`` works on ``(C, H, W)`` maps and is a zero-padded ``Conv2d``, a
+    per-channel affine layer, an elementwise activation, a disjoint ``MaxPool2d``, an ``AvgPool2d`` or a
+    pass-through layer.
+    """
+    if any(len(shape) != 3 for shape in shapes[:stop + 1]):
+        return None
+    geometry = _Geometry((1, 1), (1, 1), (0, 0))
+    result = [geometry]
+    for i in range(stop - 1, -1, -1):
+        layer = layers[i][1]
+        if isinstance(layer, nn.Conv2d):
+            padding = _conv_padding(layer)
+            if padding is None or layer.padding_mode != "zeros":
+                return None
+            geometry = geometry.through(as_pair(layer.kernel_size), as_pair(layer.stride), padding,
+                                        as_pair(layer.dilation))
+        elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+            if not _pool_is_patchable(layer):
+                return None
+            stride = layer.stride if layer.stride is not None else layer.kernel_size
+            geometry = geometry.through(as_pair(layer.kernel_size), as_pair(stride), as_pair(layer.padding))
+        elif not isinstance(layer, (*_ELEMENTWISE, *_PASS_THROUGH, nn.BatchNorm2d, InputNormalization)):
+            return None
+        result.append(geometry)
+    return result[::-1]
+
+
+def patches_apply(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], stop: int) -> bool:
+    """Whether :func:`patch_bounds` can bound the input of layer ``stop`` (see :func:`_geometries`)."""
+    return _geometries(layers, shapes, stop) is not None
+
+
+def _windows(values: Tensor, geometry: _Geometry, spec_hw: tuple[int, int]) -> Tensor:
+    """``(B, C, H, W)`` map -> ``(B, 1, H_s, W_s, C, k_h, k_w)``: its entries under every window (0 outside)."""
+    (kh, kw), (sh, sw), (ph, pw) = geometry.kernel, geometry.stride, geometry.padding
+    hs, ws = spec_hw
+    height, width = values.shape[-2:]
+    bottom = max(0, (hs - 1) * sh + kh - ph - height)
+    right = max(0, (ws - 1) * sw + kw - pw - width)
+    padded = F.pad(values, (pw, right, ph, bottom))
+    # Crop what no window reaches (a negative pad crops), so that unfold yields exactly hs x ws windows.
+    padded = padded[..., :(hs - 1) * sh + kh, :(ws - 1) * sw + kw]
+    columns = F.unfold(padded, (kh, kw), stride=(sh, sw))
+    batch, channels = values.shape[:2]
+    return columns.view(batch, channels, kh, kw, hs, ws).permute(0, 4, 5, 1, 2, 3).unsqueeze(1)
+
+
+def _inside(geometry: _Geometry, spec_hw: tuple[int, int], map_hw: tuple[int, ...], device: torch.device
+            ) -> Tensor | None:
+    """``(H_s, W_s, 1, k_h, k_w)`` mask of window entries inside the ``map_hw`` map, ``None`` if all are."""
+    masks = []
+    for axis in range(2):
+        start = torch.arange(spec_hw[axis], device=device) * geometry.stride[axis] - geometry.padding[axis]
+        position = start.unsqueeze(1) + torch.arange(geometry.kernel[axis], device=device)
+        masks.append((position >= 0) & (position < map_hw[axis]))
+    inside = masks[0][:, None, None, :, None] & masks[1][None, :, None, None, :]
+    return None if bool(inside.all()) else inside
+
+
+def _sum_window(values: Tensor) -> Tensor:
+    return values.sum(dim=(-3, -2, -1))
+
+
+def _pool_window_position(relax: PoolRelaxation, layer: nn.MaxPool2d) -> Tensor:
+    """Position ``i k_w + j`` of every pooling window's selected entry inside the window (``(B, C, H_o, W_o)``)."""
+    (kh, kw), (ph, pw) = as_pair(layer.kernel_size), as_pair(layer.padding)
+    width = relax.in_shape[-1]
+    rows, cols = relax.index // width, relax.index % width
+    out_h, out_w = relax.index.shape[-2:]
+    first_row = (torch.arange(out_h, device=rows.device) * kh - ph).view(-1, 1)
+    first_col = torch.arange(out_w, device=rows.device) * kw - pw
+    return (rows - first_row) * kw + (cols - first_col)
+
+
+def _through_pool(layer: nn.MaxPool2d, relax: PoolRelaxation, activation: Relaxation | None, coeffs: Tensor,
+                  offset: Tensor, geometry: _Geometry, spec_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Windows through MaxPool2d's relaxation (and the fused activation before it, if given)."""
+    exact = _windows(relax.exact.to(coeffs.dtype), geometry, spec_hw) > 0
+    keep = exact | (coeffs >= 0)
+    selected = torch.where(keep, coeffs, 0.0)
+    offset = offset + _sum_window((coeffs - selected) * _windows(relax.top, geometry, spec_hw))
+    if activation is not None:
+        selected, offset = _through_activation(activation, selected, offset, geometry, spec_hw)
+    position = _windows(_pool_window_position(relax, layer).to(coeffs.dtype), geometry, spec_hw).long()
+    kh, kw = as_pair(layer.kernel_size)
+    # Entry (i, di, j, dj) of the spread window holds coefficient (i, j) where the pool selected (di, dj).
+    specs, hs, ws, channels, wh, ww = selected.shape[1:]
+    batch = max(selected.shape[0], position.shape[0])
+    row = (torch.arange(wh, device=coeffs.device) * kh).view(-1, 1) * (ww * kw)
+    col = torch.arange(ww, device=coeffs.device) * kw
+    target = row + col + (position // kw) * (ww * kw) + position % kw  # flat index in the spread window
+    spread = selected.new_zeros(batch, specs, hs, ws, channels, wh * kh * ww * kw)
+    spread.scatter_(-1, target.flatten(-2).expand(batch, specs, -1, -1, -1, -1),
+                    selected.expand(batch, -1, -1, -1, -1, -1, -1).flatten(-2))
+    return spread.view(batch, specs, hs, ws, channels, wh * kh, ww * kw), offset
+
+
+def _through_activation(relax: Relaxation, coeffs: Tensor, offset: Tensor, geometry: _Geometry,
+                        spec_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """``[P]_+`` takes the lower line, ``[P]_-`` the upper line, with the lines cut into the windows."""
+    negative = coeffs.clamp(max=0)
+    offset = offset + _sum_window(negative * _windows(relax.icpt_u, geometry, spec_hw))
+    if relax.has_icpt_l:
+        offset = offset + _sum_window((coeffs - negative) * _windows(relax.icpt_l, geometry, spec_hw))
+    slope_l = _windows(relax.slope_l, geometry, spec_hw)
+    return coeffs * slope_l + negative * (_windows(relax.slope_u, geometry, spec_hw) - slope_l), offset
+
+
+def _conv_transpose(coeffs: Tensor, weight: Tensor, stride: tuple[int, int], dilation: tuple[int, int],
+                    groups: int) -> Tensor:
+    """Every window through the transposed convolution (``Lambda W`` restricted to the window).
+
+    Small windows go through the dense matrix of the map (window in -> window out), built once per call by
+    transposing the identity: one matrix product is several times faster than ``conv_transpose2d`` on many
+    tiny windows with few output channels.
+    """
+    lead = coeffs.shape[:4]
+    window = coeffs.shape[4:]
+    size = window.numel()
+    flat = coeffs.reshape(-1, *window)
+    if size * size <= _DENSE_WINDOW_MAP:
+        basis = torch.eye(size, dtype=coeffs.dtype, device=coeffs.device).view(size, *window)
+        matrix = F.conv_transpose2d(basis, weight, None, stride, 0, 0, groups, dilation)
+        out_window = matrix.shape[1:]
+        return (flat.reshape(-1, size) @ matrix.reshape(size, -1)).view(*lead, *out_window)
+    out = F.conv_transpose2d(flat, weight, None, stride, 0, 0, groups, dilation)
+    return out.view(*lead, *out.shape[1:])
+
+
+def _back_substitute(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], relaxations: Relaxations,
+                     stop: int, geometries: list[_Geometry], spec_hw: tuple[int, int], coeffs: Tensor,
+                     offset: Tensor) -> tuple[Tensor, Tensor]:
+    """Windows ``P`` at the input of layer ``stop`` -> windows at the model input (and the offset)."""
+    i = stop - 1
+    while i >= 0:
+        path, layer = layers[i]
+        out_geometry = geometries[i + 1]
+        if isinstance(layer, nn.Conv2d):
+            if layer.bias is not None:
+                offset = offset + coeffs.sum(dim=(-2, -1)) @ layer.bias
+            coeffs = _conv_transpose(coeffs, layer.weight, as_pair(layer.stride), as_pair(layer.dilation),
+                                     layer.groups)
+        elif isinstance(layer, nn.AvgPool2d):
+            kernel = as_pair(layer.kernel_size)
+            channels = shapes[i][0]
+            divisor = layer.divisor_override or kernel[0] * kernel[1]
+            weight = coeffs.new_full((channels, 1, *kernel), 1.0 / divisor)
+            stride = layer.stride if layer.stride is not None else layer.kernel_size
+            coeffs = _conv_transpose(coeffs, weight, as_pair(stride), (1, 1), channels)
+        elif isinstance(layer, (nn.BatchNorm2d, InputNormalization)):
+            scale, shift = affine_parts(layer, path)
+            scale = scale.expand(shapes[i][0]).reshape(-1, 1, 1)
+            offset = offset + _sum_window(coeffs * shift.expand(shapes[i][0]).reshape(-1, 1, 1))
+            coeffs = coeffs * scale
+        elif isinstance(layer, nn.MaxPool2d):
+            relax = relaxations[i]
+            assert isinstance(relax, PoolRelaxation)
+            below = activation_below_pool(layers, relaxations, i, 0)
+            coeffs, offset = _through_pool(layer, relax, below, coeffs, offset, out_geometry, spec_hw)
+            if below is not None:
+                i -= 1  # the activation before the pool was applied at the pool's resolution
+        elif isinstance(layer, _ELEMENTWISE):
+            relax = relaxations[i]
+            assert isinstance(relax, Relaxation)
+            coeffs, offset = _through_activation(relax, coeffs, offset, out_geometry, spec_hw)
+        if isinstance(layer, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d)):  # the layers that grow the windows
+            inside = _inside(geometries[i], spec_hw, shapes[i][1:], coeffs.device)
+            if inside is not None:
+                coeffs = coeffs * inside
+        i -= 1
+    return coeffs, offset
+
+
+def patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], relaxations: Relaxations,
+                 stop: int, in_lower: Tensor, in_upper: Tensor) -> tuple[Tensor, Tensor]:
+    """CROWN lower and upper bounds of every neuron of the input of layer ``stop``, back-substituted in windows.
+
+    Args:
+        layers: ``(path, layer)`` of the model in execution order.
+        shapes: ``shapes[i]``: per-example input shape of layer ``i``.
+        relaxations: The relaxation of every nonlinear layer below ``stop``.
+        stop: The layer whose input is bounded; :func:`patches_apply` must hold.
+        in_lower: The input box's lower ends ``(B, C, H, W)``.
+        in_upper: Its upper ends.
+
+    Returns:
+        ``(lower, upper)``, each ``(B, *shapes[stop])``.
+    """
+    geometries = _geometries(layers, shapes, stop)
+    if geometries is None:
+        raise ValueError(f"the input of layer {stop} cannot be bounded in windows")
+    channels, hs, ws = shapes[stop]
+    spec_hw = (hs, ws)
+    # Largest window tensor per example (a MaxPool step briefly holds kernel-size times its output's windows).
+    largest = max(g.kernel[0] * g.kernel[1] * shape[0] for g, shape in zip(geometries, shapes, strict=False))
+    per_example = 2 * channels * hs * ws * largest
+    chunk = max(1, _CHUNK_ELEMENTS // per_example)
+    eye = torch.eye(channels, dtype=in_lower.dtype, device=in_lower.device)
+    identity = torch.cat([eye, -eye]).view(1, 2 * channels, 1, 1, channels, 1, 1)
+    identity = identity.expand(1, 2 * channels, hs, ws, channels, 1, 1)
+    zero = in_lower.new_zeros(1, 2 * channels, hs, ws)
+    mid, rad = (in_upper + in_lower) / 2, ((in_upper - in_lower) / 2).clamp(min=0)
+    lowers, uppers = [], []
+    for begin in range(0, in_lower.shape[0], chunk):
+        end = min(in_lower.shape[0], begin + chunk)
+        part = {k: v.rows(begin, end) for k, v in relaxations.items() if k < stop}
+        coeffs, offset = _back_substitute(layers, shapes, part, stop, geometries, spec_hw, identity, zero)
+        windows_mid = _windows(mid[begin:end], geometries[0], spec_hw)
+        windows_rad = _windows(rad[begin:end], geometries[0], spec_hw)
+        bound = _sum_window(coeffs * windows_mid) - _sum_window(coeffs.abs() * windows_rad) + offset
+        lowers.append(bound[:, :channels])
+        uppers.append(-bound[:, channels:])
+    return torch.cat(lowers), torch.cat(uppers)

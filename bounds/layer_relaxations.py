@@ -1,0 +1,191 @@
+"""Linear bounds of single layers on known input bounds: what CROWN back-substitutes through.
+
+For a nonlinear layer with input bounds ``l <= z <= u`` (CROWN, Zhang et al. NeurIPS 2018, Section 3.2):
+
+- ``ReLU`` / ``LeakyReLU(a)`` (``0 <= a <= 1``): exact on stable neurons; on unstable ones the upper line is the
+  chord through ``(l, a l)`` and ``(u, u)`` and the lower line passes through the origin with CROWN's adaptive
+  slope: ``1`` if ``u >= -l`` else ``a``.
+- ``Sigmoid`` / ``Tanh``: two parallel lines of slope ``s = min(sigma'(l), sigma'(u))`` (the minimum of the
+  unimodal derivative on ``[l, u]``), through ``(l, sigma(l))`` below and ``(u, sigma(u))`` above: sound because
+  ``sigma(z) - s z`` is nondecreasing on ``[l, u]``, and never looser than the interval.
+- ``MaxPool2d``: below, the window entry with the largest lower bound (``max >= x_k``); above, the constant
+  ``max_i u_i``, or the entry itself where it provably dominates the window (``l_k >= u_i`` for all ``i != k``,
+  non-overlapping windows), where the relaxation is exact.
+
+Affine per-channel layers (eval ``BatchNorm``, :class:`~bounds.normalization.InputNormalization`) are exact:
+:func:`affine_parts` returns their per-channel ``(scale, shift)``.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+
+from bounds.errors import UnsupportedLayerError
+from bounds.normalization import InputNormalization
+
+
+@dataclass
+class Relaxation:
+    """Linear bounds ``slope_l z + icpt_l <= sigma(z) <= slope_u z + icpt_u`` of one activation layer.
+
+    Every tensor has the layer's input shape ``(B, ...)``; ``has_icpt_l`` is ``False`` when ``icpt_l`` is zero.
+    """
+
+    slope_l: Tensor
+    icpt_l: Tensor
+    slope_u: Tensor
+    icpt_u: Tensor
+    has_icpt_l: bool = True
+
+    def rows(self, begin: int, end: int) -> "Relaxation":
+        """The relaxation of examples ``begin:end``."""
+        return Relaxation(self.slope_l[begin:end], self.icpt_l[begin:end], self.slope_u[begin:end],
+                          self.icpt_u[begin:end], self.has_icpt_l)
+
+    def at_pool_selection(self, pool: "PoolRelaxation") -> "Relaxation":
+        """This activation's lines at the entries a following max-pool relaxation selects (pool's output shape).
+
+        With disjoint pooling windows each activation output reaches the pool's linear bounds through at most
+        one selected entry, so back-substitution can apply the activation's lines at the pool's resolution
+        before spreading the coefficients to the selected entries (the same result, on fewer numbers).
+        """
+        index = pool.index.flatten(2)
+
+        def pick(values: Tensor) -> Tensor:
+            return values.flatten(2).gather(2, index).view_as(pool.index)
+
+        return Relaxation(pick(self.slope_l), pick(self.icpt_l) if self.has_icpt_l else pool.top.new_zeros(()),
+                          pick(self.slope_u), pick(self.icpt_u), self.has_icpt_l)
+
+
+@dataclass
+class PoolRelaxation:
+    """MaxPool2d: below ``x[index]``; above ``x[index]`` where ``exact`` else the constant ``top``.
+
+    ``index`` (flat position in the ``H x W`` input map), ``exact`` and ``top`` have the output's shape
+    ``(B, C, H_out, W_out)``; ``in_shape`` is the per-example input shape ``(C, H, W)``.
+    """
+
+    index: Tensor
+    exact: Tensor
+    top: Tensor
+    in_shape: tuple[int, ...]
+
+    def rows(self, begin: int, end: int) -> "PoolRelaxation":
+        """The relaxation of examples ``begin:end``."""
+        return PoolRelaxation(self.index[begin:end], self.exact[begin:end], self.top[begin:end], self.in_shape)
+
+
+# The relaxation of every nonlinear layer of a model, by the layer's index in its flat layer list.
+Relaxations = dict[int, Relaxation | PoolRelaxation]
+
+
+def activation_below_pool(layers: list[tuple[str, nn.Module]], relaxations: Relaxations, i: int, start: int
+                          ) -> Relaxation | None:
+    """The relaxation of the activation right before the max-pool ``layers[i]`` when it can be fused into the pool.
+
+    Fusable: the pool's windows are disjoint, ``layers[i - 1]`` is an elementwise activation at or above
+    ``start`` (the first layer of the back-substitution), and both relaxations are known.
+    """
+    layer = layers[i][1]
+    if i - 1 < start or not isinstance(layer, nn.MaxPool2d) or not disjoint_windows(layer):
+        return None
+    if not isinstance(layers[i - 1][1], (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)):
+        return None
+    activation, pool = relaxations.get(i - 1), relaxations.get(i)
+    if not isinstance(activation, Relaxation) or not isinstance(pool, PoolRelaxation):
+        return None
+    return activation.at_pool_selection(pool)
+
+
+def relu_relaxation(lower: Tensor, upper: Tensor, slope: float) -> Relaxation:
+    """CROWN's ReLU/LeakyReLU lines (chord above, adaptive line through the origin below)."""
+    unstable = (lower < 0) & (upper > 0)
+    active = lower >= 0
+    denominator = torch.where(unstable, upper - lower, torch.ones_like(upper))
+    chord = (upper - slope * lower) / denominator
+    slope_u = torch.where(unstable, chord, torch.where(active, 1.0, slope))
+    icpt_u = torch.where(unstable, lower * (slope - chord), torch.zeros_like(lower))
+    adaptive = torch.where(upper >= -lower, 1.0, slope)
+    slope_l = torch.where(unstable, adaptive, torch.where(active, 1.0, slope)).to(lower.dtype)
+    return Relaxation(slope_l, torch.zeros_like(lower), slope_u.to(lower.dtype), icpt_u, has_icpt_l=False)
+
+
+def monotone_relaxation(layer: nn.Module, lower: Tensor, upper: Tensor) -> Relaxation:
+    """Parallel lines of slope ``min(sigma'(l), sigma'(u))`` for Sigmoid/Tanh (unimodal derivatives)."""
+    f_l, f_u = layer(lower), layer(upper)
+    if isinstance(layer, nn.Sigmoid):
+        d_l, d_u = f_l * (1 - f_l), f_u * (1 - f_u)
+    else:
+        d_l, d_u = 1 - f_l * f_l, 1 - f_u * f_u
+    slope = torch.minimum(d_l, d_u).clamp(min=0)
+    return Relaxation(slope, f_l - slope * lower, slope, f_u - slope * upper)
+
+
+def pool_arguments(layer: nn.MaxPool2d | nn.AvgPool2d) -> dict[str, object]:
+    """Keyword arguments of ``F.max_pool2d`` describing ``layer``'s windows."""
+    return {"kernel_size": layer.kernel_size, "stride": layer.stride, "padding": layer.padding,
+            "dilation": layer.dilation, "ceil_mode": layer.ceil_mode}
+
+
+def as_pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    """``3 -> (3, 3)``; pairs unchanged."""
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def disjoint_windows(layer: nn.MaxPool2d) -> bool:
+    """Whether the pooling windows do not overlap (stride at least the kernel, no dilation)."""
+    stride = layer.stride if layer.stride is not None else layer.kernel_size
+    return all(s >= k for s, k in zip(as_pair(stride), as_pair(layer.kernel_size), strict=True)) and \
+        as_pair(layer.dilation) == (1, 1)
+
+
+def pool_relaxation(layer: nn.MaxPool2d, lower: Tensor, upper: Tensor) -> PoolRelaxation:
+    """MaxPool2d: the entry with the largest lower bound below; the window's largest upper bound above."""
+    pool = pool_arguments(layer)
+    best_lower, index = F.max_pool2d(lower, return_indices=True, **pool)
+    top = F.max_pool2d(upper, **pool)
+    if disjoint_windows(layer):
+        # Exact where the chosen entry dominates the rest of its window: the largest upper bound of the others.
+        flat = upper.flatten(2)
+        masked = flat.scatter(2, index.flatten(2), -torch.inf).view_as(upper)
+        others = F.max_pool2d(masked, **pool)
+        exact = best_lower >= others
+    else:
+        exact = torch.zeros_like(best_lower, dtype=torch.bool)
+    return PoolRelaxation(index, exact, top, tuple(lower.shape[1:]))
+
+
+def relax_layer(layer: nn.Module, lower: Tensor, upper: Tensor) -> Relaxation | PoolRelaxation:
+    """The relaxation of a nonlinear layer (activation or MaxPool2d) on its input bounds."""
+    if isinstance(layer, nn.MaxPool2d):
+        return pool_relaxation(layer, lower, upper)
+    if isinstance(layer, (nn.Sigmoid, nn.Tanh)):
+        return monotone_relaxation(layer, lower, upper)
+    slope = float(layer.negative_slope) if isinstance(layer, nn.LeakyReLU) else 0.0
+    return relu_relaxation(lower, upper, slope)
+
+
+def affine_parts(layer: nn.Module, path: str) -> tuple[Tensor, Tensor]:
+    """Per-channel ``(scale, shift)`` (each ``(C,)``) of BatchNorm (eval) and InputNormalization.
+
+    Raises:
+        ValueError: For a BatchNorm in train mode.
+        UnsupportedLayerError: For a BatchNorm without running statistics.
+    """
+    if isinstance(layer, InputNormalization):
+        scale = 1.0 / layer.std.reshape(-1)
+        return scale, -layer.mean.reshape(-1) * scale
+    if layer.training:
+        raise ValueError(f"{type(layer).__name__} at '{path}' is in train mode; CROWN needs eval mode.")
+    if layer.running_mean is None or layer.running_var is None:
+        raise UnsupportedLayerError(f"{type(layer).__name__}(track_running_stats=False)", path)
+    scale = torch.rsqrt(layer.running_var + layer.eps)
+    shift = -layer.running_mean * scale
+    if layer.weight is not None:
+        scale, shift = scale * layer.weight, shift * layer.weight
+    if layer.bias is not None:
+        shift = shift + layer.bias
+    return scale, shift

@@ -1,0 +1,118 @@
+"""Windowed ("patches") back-substitution (bounds/crown_patches.py) and the fused max-pool/activation step.
+
+The reference is the dense back-substitution of bounds/crown.py applied to the identity of the bounded layer:
+both must give the same bounds on every neuron, and both must enclose every sampled activation.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import bounds.crown as crown
+from bounds.crown import _backward, _build, _concretize, crown_margin_bounds
+from bounds.crown_patches import patch_bounds, patches_apply
+from bounds.normalization import InputNormalization
+from tests.soundness import sample_box
+
+
+def lenet_like(seed: int) -> nn.Sequential:
+    """The Amoeba LeNet's layer pattern, small: conv-ReLU-pool-conv-ReLU-pool-FC."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        InputNormalization([0.1], [0.5]),
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(4 * 2 * 2, 10), nn.ReLU(), nn.Linear(10, 3),
+    ).double().eval()
+
+
+def odd_geometry(seed: int) -> nn.Sequential:
+    """Strided, padded, dilated and grouped convolutions; a padded max-pool; BatchNorm; every activation."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=2, padding=2),  # 2x11x11 -> 4x7x7
+        nn.BatchNorm2d(4),
+        nn.LeakyReLU(0.1),
+        nn.MaxPool2d(2, padding=1),  # -> 4x4x4
+        nn.Conv2d(4, 4, 3, padding=1, groups=2),
+        nn.Sigmoid(),
+        nn.AvgPool2d(3, stride=1, padding=1),
+        nn.Conv2d(4, 3, 2, dilation=2, padding=1),  # -> 3x4x4
+        nn.Tanh(),
+        nn.Conv2d(3, 2, 3, stride=1),  # -> 2x2x2
+        nn.ReLU(),
+        nn.Flatten(), nn.Linear(8, 3),
+    )
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.2, 0.2)
+        model[1].running_var.uniform_(0.5, 1.5)
+    return model.double().eval()
+
+
+CASES = [  # (model builder, input shape, indices of layers whose input gets bounded in windows)
+    (lenet_like, (1, 12, 12), (5,)),
+    (odd_geometry, (2, 11, 11), (5, 8, 10)),
+]
+
+
+def _dense_reference(layers, shapes, relaxations, stop, lower, upper):
+    """Dense back-substitution of ``[I; -I]`` at the input of layer ``stop``: bounds of every neuron."""
+    neurons = torch.Size(shapes[stop]).numel()
+    eye = torch.eye(neurons, dtype=lower.dtype).view(1, neurons, *shapes[stop])
+    spec = torch.cat([eye, -eye], 1)
+    coeffs, offset = _backward(layers, shapes, relaxations, spec, lower.new_zeros(1, 2 * neurons), stop)
+    bounds = _concretize(coeffs.expand(lower.shape[0], *coeffs.shape[1:]), offset, lower, upper)
+    return bounds[:, :neurons].view(-1, *shapes[stop]), -bounds[:, neurons:].view(-1, *shapes[stop])
+
+
+@pytest.mark.parametrize(("builder", "shape", "stops"), CASES)
+@pytest.mark.parametrize("radius", [0.05, 0.3])
+def test_windows_equal_dense_back_substitution_and_enclose_samples(builder, shape, stops, radius):
+    model = builder(0)
+    torch.manual_seed(1)
+    x = torch.rand(3, *shape, dtype=torch.float64)
+    lower, upper = x - radius * torch.rand_like(x), x + radius * torch.rand_like(x)
+    layers, shapes, relaxations, _, _ = _build(model, lower, upper, "crown")
+    points = sample_box(lower, upper, 200)
+    for stop in stops:
+        assert patches_apply(layers, shapes, stop)
+        low, up = patch_bounds(layers, shapes, relaxations, stop, lower, upper)
+        ref_low, ref_up = _dense_reference(layers, shapes, relaxations, stop, lower, upper)
+        torch.testing.assert_close(low, ref_low, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(up, ref_up, rtol=1e-9, atol=1e-9)
+        with torch.no_grad():
+            hidden = nn.Sequential(*[layer for _, layer in layers[:stop]])(points.flatten(0, 1))
+        hidden = hidden.view(points.shape[0], *low.shape)
+        assert bool((hidden >= low - 1e-9).all()) and bool((hidden <= up + 1e-9).all())
+
+
+@pytest.mark.parametrize(("builder", "shape", "stops"), CASES)
+def test_patches_and_pool_fusion_do_not_change_margins(builder, shape, stops, monkeypatch):
+    model = builder(2)
+    torch.manual_seed(3)
+    x = torch.rand(4, *shape, dtype=torch.float64)
+    lower, upper, y = x - 0.1, x + 0.1, torch.tensor([0, 1, 2, 0])
+    fast = crown_margin_bounds(model, lower, upper, y)
+    monkeypatch.setattr(crown, "patches_apply", lambda *args: False)
+    monkeypatch.setattr(crown, "activation_below_pool", lambda *args: None)
+    slow = crown_margin_bounds(model, lower, upper, y)
+    torch.testing.assert_close(fast, slow, rtol=1e-8, atol=1e-8)
+
+
+def test_not_patchable_where_windows_do_not_apply():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(3, stride=1), nn.Conv2d(2, 2, 3), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(2 * 4 * 4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    x = torch.rand(2, 1, 10, 10)
+    layers, shapes, _, _, _ = _build(net, x - 0.1, x + 0.1, "ibp")
+    assert not patches_apply(layers, shapes, 4)  # overlapping max-pool windows below
+    assert not patches_apply(layers, shapes, 7)  # a flat (Linear) layer: no windows
+    assert patches_apply(layers, shapes, 1)
+
+
+def test_windows_are_differentiable_in_the_box():
+    model = lenet_like(4)
+    x = torch.rand(2, 1, 12, 12, dtype=torch.float64)
+    radius = torch.full_like(x, 0.1, requires_grad=True)
+    margins = crown_margin_bounds(model, x - radius, x + radius, torch.tensor([0, 1]))
+    margins[torch.isfinite(margins)].sum().backward()
+    assert radius.grad is not None and bool(torch.isfinite(radius.grad).all()) and bool((radius.grad != 0).any())
