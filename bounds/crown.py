@@ -9,29 +9,22 @@ by a linear map that bounds it from the correct side:
   ``AvgPool2d``) are exact: ``Lambda <- Lambda W`` and ``offset += Lambda b`` (``Conv2d``/``AvgPool2d`` via the
   transposed map: ``conv_transpose2d`` / a vector-Jacobian product);
 - an activation ``sigma`` with pre-activation bounds ``l <= z <= u`` gets two lines
-  ``alpha_L z + beta_L <= sigma(z) <= alpha_U z + beta_U`` on ``[l, u]``; a nonnegative coefficient takes the
-  lower line and a negative one the upper line (Theorem 3.2's ``lambda`` / ``Delta`` rule):
-  ``Lambda <- [Lambda]_+ alpha_L + [Lambda]_- alpha_U`` and
-  ``offset += [Lambda]_+ beta_L + [Lambda]_- beta_U``.
-
-  * ``ReLU`` / ``LeakyReLU(a)`` (``0 <= a``): exact on stable neurons; on unstable ones the upper line is the
-    chord through ``(l, a l)`` and ``(u, u)`` and the lower line passes through the origin with the adaptive
-    slope of CROWN: ``1`` if ``u >= -l`` else ``a``.
-  * ``Sigmoid`` / ``Tanh``: two parallel lines of slope ``s = min(sigma'(l), sigma'(u))`` (the minimum of the
-    unimodal derivative on ``[l, u]``), through ``(l, sigma(l))`` below and ``(u, sigma(u))`` above: sound
-    because ``sigma(z) - s z`` is nondecreasing on ``[l, u]``, and never looser than the interval.
-  * ``MaxPool2d``: below, the window entry with the largest lower bound (``max >= x_k``); above, the constant
-    ``max_i u_i``, or the entry itself where it provably dominates the window (``l_k >= u_i`` for all
-    ``i != k``, non-overlapping windows), where the relaxation is exact.
-
+  ``alpha_L z + beta_L <= sigma(z) <= alpha_U z + beta_U`` on ``[l, u]``
+  (:mod:`bounds.layer_relaxations`: CROWN's adaptive ReLU lines, parallel lines for Sigmoid/Tanh, and a sound
+  linear relaxation of MaxPool2d); a nonnegative coefficient takes the lower line and a negative one the upper
+  line (Theorem 3.2's ``lambda`` / ``Delta`` rule): ``Lambda <- [Lambda]_+ alpha_L + [Lambda]_- alpha_U`` and
+  ``offset += [Lambda]_+ beta_L + [Lambda]_- beta_U``. An activation right before a max-pool with disjoint
+  windows is applied at the pool's resolution, before the coefficients are spread to the selected entries.
 - ``Flatten``, ``Identity`` and eval ``Dropout`` only reshape ``Lambda``.
 
 At the input, ``min_{x in [l0, u0]} Lambda x = Lambda mid - |Lambda| rad``. The intermediate pre-activation
 bounds ``l, u`` every relaxation needs come from interval propagation (CROWN-IBP) or from CROWN itself
-(back-substitution from every activation's input to the model input: full CROWN; only neurons that are
-unstable for some example of the batch are back-substituted, the others are decided by the interval bounds
-already). Both are sound, so each intermediate bound is the tighter of the two, and the returned margin
-bounds are the better of CROWN's and interval propagation's (never looser than IBP).
+(back-substitution from every activation's input to the model input: full CROWN). Convolutional feature maps
+are back-substituted in windows (:mod:`bounds.crown_patches`, the receptive field of each neuron only); other
+layers densely, and then only the neurons that are unstable for some example of the batch (the others are
+decided by the interval bounds already). Both are sound, so each intermediate bound is the tighter of the two,
+and the returned margin bounds are the better of CROWN's and interval propagation's (never looser than IBP).
+On a zero-width box interval propagation is exact and CROWN's intermediate pass is skipped.
 
 Public functions: :func:`crown_margin_bounds` (lower bounds of ``f_y - f_j``, like
 :func:`~bounds.margins.margin_lower_bounds`) and :func:`linear_margin_bounds` (the linear lower bound

@@ -116,3 +116,22 @@ def test_windows_are_differentiable_in_the_box():
     margins = crown_margin_bounds(model, x - radius, x + radius, torch.tensor([0, 1]))
     margins[torch.isfinite(margins)].sum().backward()
     assert radius.grad is not None and bool(torch.isfinite(radius.grad).all()) and bool((radius.grad != 0).any())
+
+
+@pytest.mark.parametrize("kind", ["uniform", "asymmetric"])
+def test_certified_lenet_boxes_survive_attacks(kind):
+    """The zoo LeNet (windows for its second convolution, fused pool/ReLU): no counterexample in any box."""
+    from bounds.certify import certify
+    from lightning_modules.zoo import build_model
+    from tests.soundness import assert_label_constant
+
+    torch.manual_seed(6)
+    model = build_model("lenet", (1, 12, 12), 10).eval()
+    x = torch.rand(6, 1, 12, 12, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    cert = certify(model, x, y, kind, method="crown", crown_rounds=2)
+    assert bool(cert.certified.all())
+    lower, upper = x - cert.eps_lower, x + cert.eps_upper
+    assert bool((crown_margin_bounds(model, lower, upper, y).min(1).values >= cert.delta).all())
+    assert_label_constant(model, lower, upper, y, cert.certified, pgd_steps=30, num_samples=48)
