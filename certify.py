@@ -235,7 +235,8 @@ def main(args: Sequence[str] | None = None) -> dict[str, Any] | None:
     acts_protocol = make_acts_protocol(options, input_range) if options.acts else None
     task = CertificationTask(network, options.kinds, delta=options.delta,
                              clip_to_input_range=options.clip_to_input_range, input_range=input_range,
-                             seed=options.seed, method=options.method, attack_report=attack_report,
+                             seed=options.seed, method=options.method, crown_rounds=options.crown_rounds,
+                             attack_report=attack_report,
                              attack_indices=indices[: options.attack_num_examples], acts_protocol=acts_protocol,
                              acts_indices=indices[: options.acts_num_examples])
     loader = DataLoader(IndexedDataset(dataset, indices), batch_size=options.batch_size, shuffle=False)

@@ -39,6 +39,7 @@ class CertifyOptions:
         seed: Seed of the certification optimiser (and of the attacks' and CLEVER's random draws).
         method: Bound method of the certification and of its final check: ``ibp`` (interval propagation, Amoeba
             Theorem 1) or ``crown`` (CROWN linear relaxation, never looser than ibp; much wider boxes, slower).
+        crown_rounds: CROWN relaxations per example with ``method: crown`` (fewer: faster, narrower boxes).
         attacks: Write the attacks report (Amoeba Table 4: plain, ``^s`` and ``^a`` attacks; ``attacks.json``,
             ``attacks.md``, ``certify/attacks/...`` tags).
         attack_num_examples: Cap on the examples attacked (the first ones of the certified examples).
@@ -87,6 +88,7 @@ class CertifyOptions:
         num_figure_examples: int = 16,
         seed: int = 0,
         method: Literal["ibp", "crown"] = "ibp",
+        crown_rounds: int = 4,
         attacks: bool = True,
         attack_num_examples: int = 200,
         attack_fgsm_eps: list[float] | None = None,
@@ -121,6 +123,8 @@ class CertifyOptions:
     ) -> None:
         if num_examples < 1 or batch_size < 1 or num_figure_examples < 0:
             raise ValueError("num_examples and batch_size must be >= 1 and num_figure_examples >= 0")
+        if crown_rounds < 1:
+            raise ValueError(f"certify.crown_rounds must be >= 1, got {crown_rounds}")
         if attack_num_examples < 1 or acts_num_examples < 1 or acts_bins < 1:
             raise ValueError("attack_num_examples, acts_num_examples and acts_bins must be >= 1")
         fgsm_eps = [0.2, 0.3] if attack_fgsm_eps is None else list(attack_fgsm_eps)
@@ -136,6 +140,7 @@ class CertifyOptions:
         self.num_figure_examples = num_figure_examples
         self.seed = seed
         self.method = method
+        self.crown_rounds = crown_rounds
         self.attacks = attacks
         self.attack_num_examples = attack_num_examples
         self.attack_fgsm_eps = fgsm_eps

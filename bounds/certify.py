@@ -60,6 +60,18 @@ def _validate(x: Tensor, y: Tensor, kind: str, delta: float, clip: bool, input_r
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 
 
+def _better_box(x: Tensor, low_a: Tensor, up_a: Tensor, low_b: Tensor, up_b: Tensor,
+                input_range: tuple[float, float] | None) -> tuple[Tensor, Tensor]:
+    """Per example the box (radii) with the larger Problem 2 objective ``mean log(width)`` (``b`` on ties)."""
+    with torch.no_grad():
+        lower_a, upper_a = clipped_box(x, low_a, up_a, input_range)
+        lower_b, upper_b = clipped_box(x, low_b, up_b, input_range)
+        width_a = torch.log(upper_a - lower_a).flatten(1).mean(1)
+        width_b = torch.log(upper_b - lower_b).flatten(1).mean(1)
+        better = (width_a > width_b).view(-1, *([1] * (x.dim() - 1)))
+    return torch.where(better, low_a, low_b), torch.where(better, up_a, up_b)
+
+
 def _certify_chunk(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: float,
                    input_range: tuple[float, float] | None, bracket: float, uniform_rtol: float,
                    options: LagrangianOptions, progress: bool, method: Method = "ibp", crown_rounds: int = 4
@@ -76,30 +88,28 @@ def _certify_chunk(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: flo
     xs, ys = x[index], y[index]
     view = (xs.shape[0], *([1] * (x.dim() - 1)))
     target = delta * (1 + _TARGET_SLACK)
-    if method == "crown":
-        radius = crown_uniform_radius(model, xs, ys, target=target, input_range=input_range,
-                                      rounds=crown_rounds + 2 if kind == "uniform" else crown_rounds, cap=bracket)
-    else:
-        radius = uniform_radius(model, xs, ys, delta=target, input_range=input_range, bracket=bracket,
+    ibp_radius = uniform_radius(model, xs, ys, delta=target, input_range=input_range, bracket=bracket,
                                 rtol=uniform_rtol)
+    radius = ibp_radius
+    if method == "crown":
+        # A box interval propagation certifies is certified by CROWN too (never looser): CROWN's searches start
+        # from the interval solution where it is better, so method="crown" never reports a smaller box.
+        crown_radius = crown_uniform_radius(model, xs, ys, target=target, input_range=input_range,
+                                            rounds=crown_rounds + 2 if kind == "uniform" else crown_rounds,
+                                            cap=bracket)
+        radius = torch.maximum(ibp_radius, crown_radius)
     low = radius.view(view).expand_as(xs)
     up = low
     if kind != "uniform":
+        opt_low, opt_up = optimise_radii(model, xs, ys, ibp_radius, symmetric=kind == "nonuniform", delta=delta,
+                                         target=target, input_range=input_range, options=options, progress=progress)
         if method == "crown":
-            opt_low, opt_up = crown_optimise_radii(model, xs, ys, radius, symmetric=kind == "nonuniform",
-                                                   target=target, input_range=input_range, rounds=crown_rounds)
-        else:
-            opt_low, opt_up = optimise_radii(model, xs, ys, radius, symmetric=kind == "nonuniform", delta=delta,
-                                             target=target, input_range=input_range, options=options,
-                                             progress=progress)
-        with torch.no_grad():
-            # Keep the better of the optimised box and the (feasible) uniform box, by Problem 2's objective.
-            lower_o, upper_o = clipped_box(xs, opt_low, opt_up, input_range)
-            lower_u, upper_u = clipped_box(xs, low, up, input_range)
-            width_o = torch.log(upper_o - lower_o).flatten(1).mean(1)
-            width_u = torch.log(upper_u - lower_u).flatten(1).mean(1)
-            better = (width_o > width_u).view(view)
-            low, up = torch.where(better, opt_low, low), torch.where(better, opt_up, up)
+            start_low, start_up = _better_box(xs, opt_low, opt_up, low, up, input_range)
+            opt_low, opt_up = crown_optimise_radii(model, xs, ys, start_low, start_up, radius,
+                                                   symmetric=kind == "nonuniform", target=target,
+                                                   input_range=input_range, rounds=crown_rounds)
+        # Keep the better of the optimised box and the (feasible) uniform box, by Problem 2's objective.
+        low, up = _better_box(xs, opt_low, opt_up, low, up, input_range)
     with torch.no_grad():
         if input_range is not None:  # report the clipped box's radii
             low = torch.minimum(low, xs - input_range[0]).clamp(min=0)
@@ -191,11 +201,11 @@ def certify(
             depend on it up to floating-point rounding.
         progress: Show tqdm progress bars.
         method: The bound method: ``"ibp"`` (Amoeba Theorem 1, the default) or ``"crown"`` (linear relaxation,
-            :mod:`bounds.crown`, never looser than IBP). With ``"crown"`` the radii are computed on CROWN
-            relaxations in closed form (:mod:`bounds.linear_certify`: a few relaxations per example, the
-            Algorithm 1 options above do not apply), the uniform radius is a near-largest certified one (a
-            search over a few relaxations instead of ``uniform_rtol``), and the final check is a fresh CROWN
-            (and IBP) evaluation of exactly the returned box.
+            :mod:`bounds.crown`, never looser than IBP). With ``"crown"`` the interval solution is computed first
+            (it is certified by CROWN too), then the radii are grown on CROWN relaxations in closed form
+            (:mod:`bounds.linear_certify`: a few relaxations per example) from the better of the interval solution
+            and CROWN's near-largest uniform radius, so no example gets a smaller box than with ``"ibp"``; the
+            final check is a fresh CROWN (and IBP) evaluation of exactly the returned box.
         crown_rounds: Relaxations (network passes of CROWN) per example for the non-uniform and asymmetric
             kinds with ``method="crown"``; the uniform radius (alone, or as their warm start) uses
             ``crown_rounds + 2`` (alone) or ``crown_rounds`` (warm start) more, plus one at zero width.

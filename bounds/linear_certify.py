@@ -207,21 +207,25 @@ def crown_uniform_radius(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
     return best
 
 
-def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_radius: Tensor, *, symmetric: bool,
-                         target: float, input_range: tuple[float, float] | None = None, rounds: int = 4,
-                         steps: int = 200, intermediate: Intermediate = "crown"
-                         ) -> tuple[Tensor, Tensor]:
+def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Tensor, init_upper: Tensor,
+                         floor: Tensor, *, symmetric: bool, target: float,
+                         input_range: tuple[float, float] | None = None, rounds: int = 4, steps: int = 200,
+                         intermediate: Intermediate = "crown") -> tuple[Tensor, Tensor]:
     """Per-pixel radii (asymmetric, or non-uniform when ``symmetric``) certified by CROWN relaxations.
 
     Round ``k`` builds CROWN on ``[x - g_k e1, x + g_k e2]`` around the best radii so far (``g_k = 1 + 1/k``,
-    starting from the uniform radius) and solves Problem 2 on that relaxation by the dual method
-    (:func:`solve_box_problem`); the best solution over the rounds (by the objective) is returned.
+    starting from the given certified box, every radius at least ``floor``) and solves Problem 2 on that
+    relaxation by the dual method (:func:`solve_box_problem`); the best solution over the rounds and the initial
+    box (by the objective) is returned.
 
     Args:
         model: A supported model in eval mode.
         x: Correctly classified inputs ``(B, ...)``.
         y: Labels ``(B,)``.
-        init_radius: A certified uniform radius per example ``(B,)``.
+        init_lower: Radii below ``x`` of a certified starting box (shaped like ``x``).
+        init_upper: Radii above ``x`` of that box.
+        floor: A certified uniform radius per example ``(B,)``: the smallest relaxation radius of a pixel
+            (``0``: the example is not certified at all and keeps the starting box).
         symmetric: ``e1 = e2`` (non-uniform) instead of asymmetric radii.
         target: The margin to certify.
         input_range: Clip boxes to it, if given.
@@ -230,15 +234,14 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_radius: Te
         intermediate: Intermediate bounds of CROWN (``"crown"`` or ``"ibp"``).
 
     Returns:
-        ``(eps_lower, eps_upper)`` shaped like ``x``, certified by the relaxation of some round (the caller
-        re-verifies).
+        ``(eps_lower, eps_upper)`` shaped like ``x``, certified by the relaxation of some round or equal to the
+        starting box (the caller re-verifies).
     """
     view = (x.shape[0], *([1] * (x.dim() - 1)))
-    best_l = init_radius.view(view).expand_as(x).clone()
-    best_u = best_l.clone()
+    best_l, best_u = init_lower.clone(), init_upper.clone()
     c1, c2 = _caps(x, best_l, best_u, input_range)
-    best = torch.where(init_radius > 0, _log_width(c1, c2), torch.full_like(init_radius, -math.inf))
-    floor = init_radius.clamp(min=1e-6).view(view)
+    best = torch.where(floor > 0, _log_width(c1, c2), torch.full_like(floor, -math.inf))
+    floor = floor.clamp(min=1e-6).view(view)
     for k in range(1, rounds + 1):
         growth = 1 + 1 / k
         r_lower = (best_l * growth).clamp(min=floor)
@@ -251,4 +254,3 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_radius: Te
         best_l = torch.where(better, e1.view_as(x), best_l)
         best_u = torch.where(better, e2.view_as(x), best_u)
     return best_l, best_u
-

@@ -64,6 +64,7 @@ class CertificationTask(LightningModule):
         seed: Seed of the certification optimiser.
         method: Bound method of the certification and of its final check: ``"ibp"`` (interval propagation) or
             ``"crown"`` (linear relaxation, never looser than IBP).
+        crown_rounds: CROWN relaxations per example (``method="crown"`` only).
         attack_report: Attacks to run (Amoeba Table 4), or ``None``.
         attack_indices: Dataset indices the attacks run on (default: all).
         acts_protocol: ACTS protocol to run (ACTS Section 4), or ``None``.
@@ -79,6 +80,7 @@ class CertificationTask(LightningModule):
         input_range: tuple[float, float] = (-1.0, 1.0),
         seed: int = 0,
         method: str = "ibp",
+        crown_rounds: int = 4,
         attack_report: AttackReport | None = None,
         attack_indices: Collection[int] | None = None,
         acts_protocol: ACTSProtocol | None = None,
@@ -92,6 +94,7 @@ class CertificationTask(LightningModule):
         self.input_range = tuple(input_range)
         self.seed = seed
         self.method = method
+        self.crown_rounds = crown_rounds
         self.attack_report = attack_report
         self.attack_indices = None if attack_indices is None else set(int(i) for i in attack_indices)
         self.acts_protocol = acts_protocol
@@ -116,7 +119,8 @@ class CertificationTask(LightningModule):
 
     def _certify(self, x: Tensor, y: Tensor, kind: str, batch_idx: int) -> Certificate:
         return certify(self.model, x, y, kind=kind, delta=self.delta, clip_to_input_range=self.clip_to_input_range,
-                       input_range=self.input_range, seed=self.seed + batch_idx, method=self.method)
+                       input_range=self.input_range, seed=self.seed + batch_idx, method=self.method,
+                       crown_rounds=self.crown_rounds)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """Certify one batch with every kind, then run the reports on their subsets; keep per-example rows."""

@@ -64,7 +64,7 @@ def first_validation_examples(dm: MNISTDataModule, count: int) -> tuple[torch.Te
 @pytest.mark.parametrize("kwargs", [
     {"kinds": ()}, {"kinds": ("uniform", "uniform")}, {"kinds": ("box",)}, {"num_examples": 0},
     {"every_n_epochs": 0}, {"batch_size": 0}, {"delta": 0.0}, {"num_image_examples": -1},
-{"iterations": -1}, {"input_range": (1.0, -1.0)},
+{"iterations": -1}, {"input_range": (1.0, -1.0)}, {"crown_rounds": 0},
     {"model_attribute": ""}, {"model_attribute": []},
 ])
 def test_amoeba_rejects_bad_arguments(kwargs: dict[str, Any]) -> None:
@@ -111,6 +111,26 @@ def test_validate_under_inference_mode_matches_direct_bounds_and_acts(tmp_path: 
     assert logged["val/acts/median"] == pytest.approx(float(scores.median()), rel=1e-5)
     assert 0.0 <= logged["val/acts/attack_success_rate"] <= 1.0
     assert 0.0 <= logged["val/acts/overlap_percent"] <= 50.0
+
+
+def test_crown_method_logs_the_crown_certificates(tmp_path: Path) -> None:
+    """AmoebaBoundCallback(method="crown") logs certify(method="crown") on the subset: wider than IBP on LeNet."""
+    dm, model = datamodule(), classifier("lenet")
+    x, y = first_validation_examples(dm, 4)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):  # fit the four digits so that they are classified correctly
+        optimiser.zero_grad()
+        F.cross_entropy(model.model(x), y).backward()
+        optimiser.step()
+    amoeba = AmoebaBoundCallback(kinds=("asymmetric",), num_examples=4, every_n_epochs=1, num_image_examples=2,
+                                 method="crown", crown_rounds=2)
+    logged = trainer(tmp_path, [amoeba]).validate(model, datamodule=dm)[0]
+    cert = certify(model.model, x, y, kind="asymmetric", method="crown", crown_rounds=2, iterations=100)
+    assert bool(cert.certified.all())
+    ibp = certify(model.model, x, y, kind="asymmetric", iterations=100)
+    width = geometric_mean_width(cert)[cert.certified]
+    assert logged["val/amoeba/asymmetric/mean_width"] == pytest.approx(float(width.mean()), rel=1e-5)
+    assert float(width.mean()) > float(geometric_mean_width(ibp)[ibp.certified].mean())
 
 
 def test_subset_does_not_depend_on_the_validation_batch_size(tmp_path: Path) -> None:

@@ -199,3 +199,17 @@ def evaluation_guard(model: nn.Module):
     from bounds.modes import evaluation_mode
 
     return evaluation_mode(model)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_crown_certification_never_smaller_than_interval_certification(kind):
+    """Per example, method="crown" reports a box at least as large (Problem 2 objective) as method="ibp"."""
+    model = conv_net(3)
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    crown = certify(model, x, y, kind, method="crown", crown_rounds=1)
+    ibp = certify(model, x, y, kind)
+    assert bool((crown.certified >= ibp.certified).all())
+    log_width = lambda c: torch.log((c.eps_lower + c.eps_upper).clamp(min=1e-30)).flatten(1).mean(1)  # noqa: E731
+    assert bool((log_width(crown)[ibp.certified] >= log_width(ibp)[ibp.certified] - 1e-6).all())
