@@ -5,10 +5,36 @@ Resume an interrupted run with ``--ckpt_path logs/<name>/version_<n>/checkpoints
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
+
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from cli import RobustCLI, check_checkpoint_matches, make_cli
 
 log = logging.getLogger("train")
+
+
+def continue_in_checkpoint_run(cli: RobustCLI, ckpt_path: str) -> None:
+    """Log a resumed run into the run folder its checkpoint came from (one continuous TensorBoard run).
+
+    Applies when the checkpoint lies at ``<save_dir>/<name>/<version>/checkpoints/`` of the configured
+    TensorBoard logger and no logger version was set: the resumed run then writes its events and checkpoints
+    next to the interrupted run's, with steps continuing from the checkpoint's global step. The run's original
+    ``config.yaml`` is kept; the resumed invocation's config (with its ``ckpt_path``) goes to
+    ``config_resumed.yaml``.
+    """
+    logger = cli.trainer.logger
+    # TensorBoardLogger picks a new version lazily when none is given; it has no public setter for it.
+    if not isinstance(logger, TensorBoardLogger) or logger._version is not None:
+        return
+    folder = Path(ckpt_path).resolve().parent
+    if folder.name == "checkpoints" and folder.parent.parent == Path(logger.root_dir).resolve():
+        logger._version = folder.parent.name
+        for callback in cli.trainer.callbacks:
+            if isinstance(callback, SaveConfigCallback):
+                callback.config_filename = "config_resumed.yaml"
+        log.info("Resuming in the checkpoint's run folder %s", folder.parent)
 
 
 def main(args: Sequence[str] | None = None) -> RobustCLI:
@@ -24,6 +50,7 @@ def main(args: Sequence[str] | None = None) -> RobustCLI:
     ckpt_path = cli.config.get("ckpt_path")
     if ckpt_path:
         check_checkpoint_matches(cli.model, ckpt_path)
+        continue_in_checkpoint_run(cli, ckpt_path)
     describe = getattr(cli.datamodule, "describe", None)
     if callable(describe):
         cli.trainer.print(f"Data: {describe()}")

@@ -127,6 +127,14 @@ def test_training_writes_events_and_checkpoints_and_resumes(tmp_path: Path) -> N
     resumed = train.main(["--config", "robust_lenet.yaml", "--trainer.max_epochs=2", f"--ckpt_path={last}", *small])
     assert resumed.trainer.current_epoch == 2
     assert resumed.trainer.global_step == 2 * steps_after_one_epoch
+    # The resumed run logs into the interrupted run's folder: one TensorBoard run with both epochs.
+    assert Path(resumed.trainer.log_dir) == run_dir
+    assert (run_dir / "config_resumed.yaml").is_file() and "ckpt_path: null" in (run_dir / "config.yaml").read_text()
+    assert Path(resumed.trainer.checkpoint_callback.dirpath).resolve() == (run_dir / "checkpoints").resolve()
+    events = EventAccumulator(str(run_dir), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE).Reload()
+    assert len(events.Scalars("val/acc")) == 2
+    assert [e.step for e in events.Scalars("train/loss_epoch")] == sorted({e.step for e in events.Scalars(
+        "train/loss_epoch")})
 
     # The config.yaml saved in the run folder is itself a valid config for the same CLI.
     again = train.main(["--config", str(run_dir / "config.yaml"), "--trainer.fast_dev_run=true",
