@@ -47,6 +47,7 @@ from bounds.layer_relaxations import (
     Relaxations,
     activation_below_pool,
     affine_parts,
+    conv_leading_padding,
     relax_layer,
 )
 from bounds.margins import margins_from_bounds
@@ -95,24 +96,20 @@ def _concretize(coefficients: Tensor, offset: Tensor, lower: Tensor, upper: Tens
     return (flat @ mid).squeeze(2) - (flat.abs() @ rad).squeeze(2) + offset
 
 
-def _conv_backward(layer: nn.Conv2d, coeffs: Tensor, in_shape: tuple[int, ...], path: str) -> Tensor:
-    """``Lambda W`` for a convolution: the transposed convolution of ``Lambda`` (``(B, S, C, H, W)``)."""
-    padding = layer.padding
-    if isinstance(padding, str):  # "valid" (no padding) or "same"
-        if padding != "valid":
-            raise UnsupportedLayerError("Conv2d(padding='same') for CROWN", path)
-        padding = (0, 0)
+def _conv_backward(layer: nn.Conv2d, coeffs: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+    """``Lambda W`` for a convolution: the transposed convolution of ``Lambda`` (``(B, S, C, H, W)``).
+
+    The transposed convolution without padding covers the padded input; the rows and columns of the zero padding
+    (constants, not inputs) are cropped away, and input rows no output reads (a stride's remainder) get zeros.
+    """
     batch, specs = coeffs.shape[:2]
     flat = coeffs.reshape(batch * specs, *coeffs.shape[2:])
-    out_hw = flat.shape[-2:]
-    output_padding = []
-    for axis in range(2):
-        produced = (out_hw[axis] - 1) * layer.stride[axis] - 2 * padding[axis] + \
-            layer.dilation[axis] * (layer.kernel_size[axis] - 1) + 1
-        output_padding.append(in_shape[-2 + axis] - produced)
-    result = F.conv_transpose2d(flat, layer.weight, None, layer.stride, padding, tuple(output_padding),
-                                layer.groups, layer.dilation)
-    return result.reshape(batch, specs, *in_shape)
+    full = F.conv_transpose2d(flat, layer.weight, None, layer.stride, 0, 0, layer.groups, layer.dilation)
+    top, left = conv_leading_padding(layer)
+    height, width = in_shape[-2:]
+    full = full[..., top:top + height, left:left + width]
+    full = F.pad(full, (0, width - full.shape[-1], 0, height - full.shape[-2]))
+    return full.reshape(batch, specs, *in_shape)
 
 
 def _backward(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], relaxations: Relaxations,
@@ -143,7 +140,7 @@ def _backward(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]]
         elif isinstance(layer, nn.Conv2d):
             if layer.bias is not None:
                 offset = offset + coeffs.sum(dim=(-2, -1)) @ layer.bias
-            coeffs = _conv_backward(layer, coeffs, in_shape, path)
+            coeffs = _conv_backward(layer, coeffs, in_shape)
         elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d, InputNormalization)):
             scale, shift = affine_parts(layer, path)
             view = (1, 1, -1, *([1] * (coeffs.dim() - 3)))  # against (B, S, C, ...)

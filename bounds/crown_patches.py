@@ -39,6 +39,7 @@ from bounds.layer_relaxations import (
     activation_below_pool,
     affine_parts,
     as_pair,
+    conv_leading_padding,
 )
 from bounds.normalization import InputNormalization
 
@@ -67,12 +68,6 @@ class _Geometry:
                          tuple(p * t + q for p, t, q in zip(self.padding, stride, padding, strict=True)))
 
 
-def _conv_padding(layer: nn.Conv2d) -> tuple[int, int] | None:
-    if isinstance(layer.padding, str):
-        return (0, 0) if layer.padding == "valid" else None
-    return as_pair(layer.padding)
-
-
 def _pool_is_patchable(layer: nn.MaxPool2d | nn.AvgPool2d) -> bool:
     stride = layer.stride if layer.stride is not None else layer.kernel_size
     if layer.ceil_mode:
@@ -97,11 +92,10 @@ def _geometries(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...
     for i in range(stop - 1, -1, -1):
         layer = layers[i][1]
         if isinstance(layer, nn.Conv2d):
-            padding = _conv_padding(layer)
-            if padding is None or layer.padding_mode != "zeros":
+            if layer.padding_mode != "zeros":
                 return None
-            geometry = geometry.through(as_pair(layer.kernel_size), as_pair(layer.stride), padding,
-                                        as_pair(layer.dilation))
+            geometry = geometry.through(as_pair(layer.kernel_size), as_pair(layer.stride),
+                                        conv_leading_padding(layer), as_pair(layer.dilation))
         elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
             if not _pool_is_patchable(layer):
                 return None

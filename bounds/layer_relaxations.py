@@ -135,6 +135,19 @@ def as_pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
+def conv_leading_padding(layer: nn.Conv2d) -> tuple[int, int]:
+    """Zero padding before the first row and column of a convolution's input (``"same"`` resolved as PyTorch does).
+
+    PyTorch's ``padding="same"`` pads ``dilation * (kernel - 1)`` per axis, the odd one on the bottom/right.
+    """
+    if layer.padding == "valid":
+        return (0, 0)
+    if layer.padding == "same":
+        return tuple(d * (k - 1) // 2 for d, k in zip(as_pair(layer.dilation), as_pair(layer.kernel_size),
+                                                      strict=True))  # type: ignore[return-value]
+    return as_pair(layer.padding)
+
+
 def disjoint_windows(layer: nn.MaxPool2d) -> bool:
     """Whether the pooling windows do not overlap (stride at least the kernel, no dilation)."""
     stride = layer.stride if layer.stride is not None else layer.kernel_size
