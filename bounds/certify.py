@@ -15,11 +15,11 @@ from tqdm.auto import tqdm
 
 from bounds.certificate import Certificate
 from bounds.interval import check_supported
-from bounds.lagrangian import LagrangianOptions, optimise_radii
+from bounds.lagrangian import LagrangianOptions, log_width_objective, optimise_radii
 from bounds.linear_certify import crown_optimise_radii, crown_uniform_radius
 from bounds.margins import Method
 from bounds.modes import evaluation_mode
-from bounds.uniform import clipped_box, min_margin, uniform_radius
+from bounds.uniform import min_margin, uniform_radius
 
 # The searches aim at ``delta * (1 + _TARGET_SLACK)`` so that the final check at ``delta`` does not
 # depend on last-bit differences between evaluations of the same box in different batches.
@@ -62,13 +62,10 @@ def _validate(x: Tensor, y: Tensor, kind: str, delta: float, clip: bool, input_r
 
 def _better_box(x: Tensor, low_a: Tensor, up_a: Tensor, low_b: Tensor, up_b: Tensor,
                 input_range: tuple[float, float] | None) -> tuple[Tensor, Tensor]:
-    """Per example the box (radii) with the larger Problem 2 objective ``mean log(width)`` (``b`` on ties)."""
+    """Per example the box (radii) with the better Problem 2 objective (``b`` on ties)."""
     with torch.no_grad():
-        lower_a, upper_a = clipped_box(x, low_a, up_a, input_range)
-        lower_b, upper_b = clipped_box(x, low_b, up_b, input_range)
-        width_a = torch.log(upper_a - lower_a).flatten(1).mean(1)
-        width_b = torch.log(upper_b - lower_b).flatten(1).mean(1)
-        better = (width_a > width_b).view(-1, *([1] * (x.dim() - 1)))
+        better = log_width_objective(x, low_a, up_a, input_range) < log_width_objective(x, low_b, up_b, input_range)
+        better = better.view(-1, *([1] * (x.dim() - 1)))
     return torch.where(better, low_a, low_b), torch.where(better, up_a, up_b)
 
 

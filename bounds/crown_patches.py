@@ -40,6 +40,7 @@ from bounds.layer_relaxations import (
     affine_parts,
     as_pair,
     conv_leading_padding,
+    pool_stride,
 )
 from bounds.normalization import InputNormalization
 
@@ -69,11 +70,10 @@ class _Geometry:
 
 
 def _pool_is_patchable(layer: nn.MaxPool2d | nn.AvgPool2d) -> bool:
-    stride = layer.stride if layer.stride is not None else layer.kernel_size
     if layer.ceil_mode:
         return False
     if isinstance(layer, nn.MaxPool2d):  # each input entry in at most one window
-        return as_pair(stride) == as_pair(layer.kernel_size) and as_pair(layer.dilation) == (1, 1)
+        return pool_stride(layer) == as_pair(layer.kernel_size) and as_pair(layer.dilation) == (1, 1)
     return layer.count_include_pad or as_pair(layer.padding) == (0, 0)
 
 
@@ -99,8 +99,7 @@ def _geometries(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...
         elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
             if not _pool_is_patchable(layer):
                 return None
-            stride = layer.stride if layer.stride is not None else layer.kernel_size
-            geometry = geometry.through(as_pair(layer.kernel_size), as_pair(stride), as_pair(layer.padding))
+            geometry = geometry.through(as_pair(layer.kernel_size), pool_stride(layer), as_pair(layer.padding))
         elif not isinstance(layer, (*_ELEMENTWISE, *_PASS_THROUGH, nn.BatchNorm2d, InputNormalization)):
             return None
         result.append(geometry)
@@ -227,8 +226,7 @@ def _back_substitute(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int
             channels = shapes[i][0]
             divisor = layer.divisor_override or kernel[0] * kernel[1]
             weight = coeffs.new_full((channels, 1, *kernel), 1.0 / divisor)
-            stride = layer.stride if layer.stride is not None else layer.kernel_size
-            coeffs = _conv_transpose(coeffs, weight, as_pair(stride), (1, 1), channels)
+            coeffs = _conv_transpose(coeffs, weight, pool_stride(layer), (1, 1), channels)
         elif isinstance(layer, (nn.BatchNorm2d, InputNormalization)):
             scale, shift = affine_parts(layer, path)
             scale = scale.expand(shapes[i][0]).reshape(-1, 1, 1)

@@ -124,7 +124,7 @@ def monotone_relaxation(layer: nn.Module, lower: Tensor, upper: Tensor) -> Relax
     return Relaxation(slope, f_l - slope * lower, slope, f_u - slope * upper)
 
 
-def pool_arguments(layer: nn.MaxPool2d | nn.AvgPool2d) -> dict[str, object]:
+def _pool_arguments(layer: nn.MaxPool2d | nn.AvgPool2d) -> dict[str, object]:
     """Keyword arguments of ``F.max_pool2d`` describing ``layer``'s windows."""
     return {"kernel_size": layer.kernel_size, "stride": layer.stride, "padding": layer.padding,
             "dilation": layer.dilation, "ceil_mode": layer.ceil_mode}
@@ -133,6 +133,11 @@ def pool_arguments(layer: nn.MaxPool2d | nn.AvgPool2d) -> dict[str, object]:
 def as_pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     """``3 -> (3, 3)``; pairs unchanged."""
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def pool_stride(layer: nn.MaxPool2d | nn.AvgPool2d) -> tuple[int, int]:
+    """A pooling layer's stride per axis (``None`` means the kernel size, as in ``F.max_pool2d``)."""
+    return as_pair(layer.stride if layer.stride is not None else layer.kernel_size)
 
 
 def conv_leading_padding(layer: nn.Conv2d) -> tuple[int, int]:
@@ -150,14 +155,13 @@ def conv_leading_padding(layer: nn.Conv2d) -> tuple[int, int]:
 
 def disjoint_windows(layer: nn.MaxPool2d) -> bool:
     """Whether the pooling windows do not overlap (stride at least the kernel, no dilation)."""
-    stride = layer.stride if layer.stride is not None else layer.kernel_size
-    return all(s >= k for s, k in zip(as_pair(stride), as_pair(layer.kernel_size), strict=True)) and \
+    return all(s >= k for s, k in zip(pool_stride(layer), as_pair(layer.kernel_size), strict=True)) and \
         as_pair(layer.dilation) == (1, 1)
 
 
 def pool_relaxation(layer: nn.MaxPool2d, lower: Tensor, upper: Tensor) -> PoolRelaxation:
     """MaxPool2d: the entry with the largest lower bound below; the window's largest upper bound above."""
-    pool = pool_arguments(layer)
+    pool = _pool_arguments(layer)
     best_lower, index = F.max_pool2d(lower, return_indices=True, **pool)
     top = F.max_pool2d(upper, **pool)
     if disjoint_windows(layer):
