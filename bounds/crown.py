@@ -42,6 +42,7 @@ from bounds.crown_patches import patch_bounds, patches_apply
 from bounds.errors import UnsupportedLayerError
 from bounds.interval import interval_bounds, supported_layers, validate_box
 from bounds.layer_relaxations import (
+    ACTIVATIONS,
     PoolRelaxation,
     Relaxation,
     Relaxations,
@@ -54,8 +55,7 @@ from bounds.margins import margins_from_bounds
 from bounds.normalization import InputNormalization
 
 Intermediate = Literal["crown", "ibp"]
-_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
-_NONLINEAR = (*_ACTIVATIONS, nn.MaxPool2d)
+_NONLINEAR = (*ACTIVATIONS, nn.MaxPool2d)
 # Examples per chunk of the intermediate back-substitution (memory: chunk x neurons x input size).
 _CHUNK_ELEMENTS = 2**26
 

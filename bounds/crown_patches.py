@@ -33,6 +33,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from bounds.layer_relaxations import (
+    ACTIVATIONS,
     PoolRelaxation,
     Relaxation,
     Relaxations,
@@ -44,7 +45,6 @@ from bounds.layer_relaxations import (
 )
 from bounds.normalization import InputNormalization
 
-_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
 _PASS_THROUGH = (nn.Identity, nn.Dropout)
 # Elements of the largest patch tensor per chunk of examples (memory: 4 bytes each, a few live at once).
 _CHUNK_ELEMENTS = 2**25
@@ -100,7 +100,7 @@ def _geometries(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...
             if not _pool_is_patchable(layer):
                 return None
             geometry = geometry.through(as_pair(layer.kernel_size), pool_stride(layer), as_pair(layer.padding))
-        elif not isinstance(layer, (*_ELEMENTWISE, *_PASS_THROUGH, nn.BatchNorm2d, InputNormalization)):
+        elif not isinstance(layer, (*ACTIVATIONS, *_PASS_THROUGH, nn.BatchNorm2d, InputNormalization)):
             return None
         result.append(geometry)
     return result[::-1]
@@ -119,7 +119,7 @@ def _windows(values: Tensor, geometry: _Geometry, spec_hw: tuple[int, int]) -> T
     bottom = max(0, (hs - 1) * sh + kh - ph - height)
     right = max(0, (ws - 1) * sw + kw - pw - width)
     padded = F.pad(values, (pw, right, ph, bottom))
-    # Crop what no window reaches (a negative pad crops), so that unfold yields exactly hs x ws windows.
+    # Crop what no window reaches, so that unfold yields exactly hs x ws windows.
     padded = padded[..., :(hs - 1) * sh + kh, :(ws - 1) * sw + kw]
     columns = F.unfold(padded, (kh, kw), stride=(sh, sw))
     batch, channels = values.shape[:2]
@@ -239,7 +239,7 @@ def _back_substitute(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int
             coeffs, offset = _through_pool(layer, relax, below, coeffs, offset, out_geometry, spec_hw)
             if below is not None:
                 i -= 1  # the activation before the pool was applied at the pool's resolution
-        elif isinstance(layer, _ELEMENTWISE):
+        elif isinstance(layer, ACTIVATIONS):
             relax = relaxations[i]
             assert isinstance(relax, Relaxation)
             coeffs, offset = _through_activation(relax, coeffs, offset, out_geometry, spec_hw)

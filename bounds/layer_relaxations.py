@@ -80,6 +80,8 @@ class PoolRelaxation:
 
 # The relaxation of every nonlinear layer of a model, by the layer's index in its flat layer list.
 Relaxations = dict[int, Relaxation | PoolRelaxation]
+# Elementwise activations with a :class:`Relaxation`.
+ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
 
 
 def activation_below_pool(layers: list[tuple[str, nn.Module]], relaxations: Relaxations, i: int, start: int
@@ -92,7 +94,7 @@ def activation_below_pool(layers: list[tuple[str, nn.Module]], relaxations: Rela
     layer = layers[i][1]
     if i - 1 < start or not isinstance(layer, nn.MaxPool2d) or not disjoint_windows(layer):
         return None
-    if not isinstance(layers[i - 1][1], (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)):
+    if not isinstance(layers[i - 1][1], ACTIVATIONS):
         return None
     activation, pool = relaxations.get(i - 1), relaxations.get(i)
     if not isinstance(activation, Relaxation) or not isinstance(pool, PoolRelaxation):
