@@ -9,10 +9,12 @@ import torch
 from torch import nn
 
 import bounds.crown as crown
+from bounds.certify import certify
 from bounds.crown import _backward, _build, _concretize, crown_margin_bounds
 from bounds.crown_patches import patch_bounds, patches_apply
 from bounds.normalization import InputNormalization
-from tests.soundness import sample_box
+from lightning_modules.zoo import build_model
+from tests.soundness import assert_label_constant, sample_box
 
 
 def lenet_like(seed: int) -> nn.Sequential:
@@ -122,10 +124,6 @@ def test_windows_are_differentiable_in_the_box():
 @pytest.mark.parametrize("kind", ["uniform", "asymmetric"])
 def test_certified_lenet_boxes_survive_attacks(kind):
     """The zoo LeNet (windows for its second convolution, fused pool/ReLU): no counterexample in any box."""
-    from bounds.certify import certify
-    from lightning_modules.zoo import build_model
-    from tests.soundness import assert_label_constant
-
     torch.manual_seed(6)
     model = build_model("lenet", (1, 12, 12), 10).eval()
     x = torch.rand(6, 1, 12, 12, generator=torch.Generator().manual_seed(7)) * 2 - 1
