@@ -14,10 +14,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from bounds.certificate import Certificate
-from bounds.interval import check_supported
+from bounds.interval import check_model_input, check_supported
 from bounds.lagrangian import LagrangianOptions, log_width_objective, optimise_radii
 from bounds.linear_certify import crown_optimise_radii, crown_uniform_radius
-from bounds.margins import Method
+from bounds.margins import Method, validate_labels
 from bounds.modes import evaluation_mode
 from bounds.uniform import min_margin, uniform_radius
 
@@ -35,14 +35,15 @@ _RETRY_SHRINK = 0.9
 _RETRIES = 3
 
 
-def _validate(x: Tensor, y: Tensor, kind: str, delta: float, clip: bool, input_range: tuple[float, float],
-              uniform_rtol: float, batch_size: int | None) -> None:
+def _validate(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: float, clip: bool,
+              input_range: tuple[float, float], uniform_rtol: float, batch_size: int | None) -> None:
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
-        raise ValueError(f"x must be a floating tensor (B, ...), got {getattr(x, 'shape', type(x))}")
-    if not isinstance(y, Tensor) or y.shape != (x.shape[0],) or y.is_floating_point() or y.dtype == torch.bool:
-        raise ValueError(f"y must be an integer tensor of shape ({x.shape[0]},), got {getattr(y, 'shape', y)}")
+        raise ValueError(f"x must be a floating tensor (B, ...), got {getattr(x, 'dtype', type(x))} of shape "
+                         f"{tuple(getattr(x, 'shape', ()))}")
+    check_model_input(model, x)
+    validate_labels(y, x.shape[0])
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be finite (found NaN or inf)")
     if not delta > 0:
@@ -58,6 +59,15 @@ def _validate(x: Tensor, y: Tensor, kind: str, delta: float, clip: bool, input_r
         raise ValueError(f"uniform_rtol must lie in (0, 1), got {uniform_rtol}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+
+def _validate_outputs(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    """Check that the model maps ``x`` to logits ``(B, K)`` and the labels lie in ``[0, K)`` (one forward pass)."""
+    with torch.no_grad(), evaluation_mode(model):
+        logits = model(x[:1])
+    if logits.dim() != 2:
+        raise ValueError(f"the model must map inputs to logits (B, K), got output shape {tuple(logits.shape)}")
+    validate_labels(y, x.shape[0], logits.shape[1])
 
 
 def _better_box(x: Tensor, low_a: Tensor, up_a: Tensor, low_b: Tensor, up_b: Tensor,
@@ -95,6 +105,14 @@ def _certify_chunk(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: flo
                                             rounds=crown_rounds + 2 if kind == "uniform" else crown_rounds,
                                             cap=bracket)
         radius = torch.maximum(ibp_radius, crown_radius)
+    # An example without a certified uniform radius (e.g. a clean margin below delta) has no box to start from:
+    # it stays uncertified with zero radii, and the rest of the batch goes on without it.
+    live = radius > 0
+    if not bool(live.all()):
+        index, xs, ys, radius, ibp_radius = index[live], xs[live], ys[live], radius[live], ibp_radius[live]
+        if index.numel() == 0:
+            return eps_lower, eps_upper, certified
+        view = (xs.shape[0], *view[1:])
     low = radius.view(view).expand_as(xs)
     up = low
     if kind != "uniform":
@@ -162,9 +180,10 @@ def certify(
       see :mod:`bounds.lagrangian`), warm-started from the uniform radius; per example the better of the
       optimised and the uniform box is kept (by Problem 2's objective).
 
-    Every example gets its own multipliers, penalty and final scale. Examples misclassified at ``x`` are
-    not certified and get zero radii. Finally every box is re-checked with the bound method
-    (``margin >= delta``); an example that fails is returned uncertified with zero radii.
+    Every example gets its own multipliers, penalty and final scale. Examples misclassified at ``x``, and
+    examples without a certified uniform radius (e.g. a clean margin below ``delta``), are not certified and
+    get zero radii; the rest of the batch is certified as if they were not there. Finally every box is re-checked
+    with the bound method (``margin >= delta``); an example that fails is returned uncertified with zero radii.
 
     Runs with gradients enabled even inside ``torch.no_grad()``/``torch.inference_mode()`` on cloned
     inputs, with the model in eval mode (every submodule's mode is restored afterwards); parameters and
@@ -211,16 +230,20 @@ def certify(
         A :class:`~bounds.certificate.Certificate` with radii shaped like ``x`` on ``x``'s device.
 
     Raises:
-        ValueError: For bad shapes, non-finite inputs, unknown ``kind``, non-positive ``delta`` or bad options.
+        ValueError: For bad shapes, non-finite inputs, labels outside ``[0, K)``, a dtype other than float32 or
+            float64, a dtype or device other than the model's, unknown ``kind``, non-positive ``delta`` or bad
+            options (all checked before any work).
         UnsupportedLayerError: If the model contains a layer interval propagation does not support.
     """
     start = time.perf_counter()
-    _validate(x, y, kind, delta, clip_to_input_range, input_range, uniform_rtol, batch_size)
+    _validate(model, x, y, kind, delta, clip_to_input_range, input_range, uniform_rtol, batch_size)
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if crown_rounds < 1:
         raise ValueError(f"crown_rounds must be positive, got {crown_rounds}")
     check_supported(model)
+    if x.shape[0]:
+        _validate_outputs(model, x, y)
     options = LagrangianOptions(iterations=iterations, lr=lr, penalty_init=penalty_init,
                                 penalty_growth=penalty_growth, penalty_every=penalty_every, dual_every=dual_every,
                                 shrink_steps=shrink_steps, init_scale=init_scale, lr_decay=lr_decay)

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from bounds.crown_patches import patch_bounds, patches_apply
 from bounds.errors import UnsupportedLayerError
-from bounds.interval import interval_bounds, supported_layers, validate_box
+from bounds.interval import check_model_input, interval_bounds, supported_layers, validate_box
 from bounds.layer_relaxations import (
     ACTIVATIONS,
     PoolRelaxation,
@@ -51,7 +51,7 @@ from bounds.layer_relaxations import (
     conv_leading_padding,
     relax_layer,
 )
-from bounds.margins import margins_from_bounds
+from bounds.margins import margins_from_bounds, validate_labels
 from bounds.normalization import InputNormalization
 
 Intermediate = Literal["crown", "ibp"]
@@ -133,40 +133,43 @@ def _backward(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]]
     while i >= start:
         path, layer = layers[i]
         in_shape = shapes[i]
-        if isinstance(layer, nn.Linear):
+        layer_type = type(layer)
+        if layer_type is nn.Linear:  # on the last dimension of any input shape
             if layer.bias is not None:
-                offset = offset + coeffs @ layer.bias
+                offset = offset + (coeffs @ layer.bias).reshape(*coeffs.shape[:2], -1).sum(2)
             coeffs = coeffs @ layer.weight
-        elif isinstance(layer, nn.Conv2d):
+        elif layer_type is nn.Conv2d:
             if layer.bias is not None:
                 offset = offset + coeffs.sum(dim=(-2, -1)) @ layer.bias
             coeffs = _conv_backward(layer, coeffs, in_shape)
-        elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d, InputNormalization)):
+        elif layer_type in (nn.BatchNorm1d, nn.BatchNorm2d, InputNormalization):
             scale, shift = affine_parts(layer, path)
             view = (1, 1, -1, *([1] * (coeffs.dim() - 3)))  # against (B, S, C, ...)
             scale, shift = scale.reshape(view), shift.reshape(view)
             offset = offset + (coeffs * shift).flatten(2).sum(2)
             coeffs = coeffs * scale
-        elif isinstance(layer, nn.AvgPool2d):
+        elif layer_type is nn.AvgPool2d:
             batch, specs = coeffs.shape[:2]
             dummy = torch.zeros(batch * specs, *in_shape, dtype=coeffs.dtype, device=coeffs.device)
             _, pullback = torch.func.vjp(layer, dummy)
             coeffs = pullback(coeffs.reshape(batch * specs, *coeffs.shape[2:]))[0].reshape(batch, specs, *in_shape)
-        elif isinstance(layer, nn.Flatten):
+        elif layer_type is nn.Flatten:
             coeffs = coeffs.reshape(*coeffs.shape[:2], *in_shape)
-        elif isinstance(layer, (nn.Identity, nn.Dropout)):
+        elif layer_type in (nn.Identity, nn.Dropout):
             pass
-        elif isinstance(layer, nn.MaxPool2d):
+        elif layer_type is nn.MaxPool2d:
             pool = relaxations[i]
             assert isinstance(pool, PoolRelaxation)
             below = activation_below_pool(layers, relaxations, i, start)
             coeffs, offset = _pool_backward(pool, coeffs, offset, below)
             if below is not None:
                 i -= 1  # the activation before the pool was applied at the pool's resolution
-        else:
+        elif layer_type in ACTIVATIONS:
             relax = relaxations[i]
             assert isinstance(relax, Relaxation)
             coeffs, offset = _activation_backward(relax, coeffs, offset)
+        else:  # pragma: no cover - supported_layers yields only the types above
+            raise UnsupportedLayerError(layer_type.__name__, path, "no CROWN rule")
         i -= 1
     return coeffs, offset
 
@@ -277,8 +280,8 @@ def _only_unstable(layers: list[tuple[str, nn.Module]], i: int) -> bool:
     if type(layers[i][1]) is not nn.ReLU:
         return False
     for _, later in layers[i + 1:]:
-        if isinstance(later, _NONLINEAR):
-            return not isinstance(later, nn.MaxPool2d)
+        if type(later) in _NONLINEAR:
+            return type(later) is not nn.MaxPool2d
     return True
 
 
@@ -292,6 +295,8 @@ def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Interme
     """
     if intermediate not in ("crown", "ibp"):
         raise ValueError(f"intermediate must be 'crown' or 'ibp', got {intermediate!r}")
+    check_model_input(model, lower, "lower")
+    check_model_input(model, upper, "upper")
     validate_box(lower, upper)
     layers = list(supported_layers(model))
     shapes: list[tuple[int, ...]] = [tuple(lower.shape[1:])]
@@ -304,18 +309,19 @@ def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Interme
     # On a point (zero-width box) interval propagation is exact: nothing for CROWN to tighten.
     tighten = intermediate == "crown" and not bool((upper == lower).all())
     for i, (path, layer) in enumerate(layers):
-        if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
+        layer_type = type(layer)
+        if layer_type is nn.Conv2d and layer.padding_mode != "zeros":
             raise UnsupportedLayerError(f"Conv2d(padding_mode={layer.padding_mode!r}) for CROWN", path)
-        if isinstance(layer, nn.LeakyReLU) and layer.negative_slope > 1:
+        if layer_type is nn.LeakyReLU and layer.negative_slope > 1:
             raise UnsupportedLayerError(f"LeakyReLU(negative_slope={layer.negative_slope}) (concave) for CROWN", path)
-        if isinstance(layer, _NONLINEAR):
+        if layer_type in _NONLINEAR:
             if tighten and seen_nonlinear and affine_since_nonlinear:
                 box_l, box_u = _intermediate_crown(layers, shapes, relaxations, i, box_l, box_u, lower, upper,
                                                    only_unstable=_only_unstable(layers, i))
             relaxations[i] = relax_layer(layer, box_l, box_u)
             seen_nonlinear = True
             affine_since_nonlinear = False
-        elif not isinstance(layer, (nn.Flatten, nn.Identity, nn.Dropout)):
+        elif layer_type not in (nn.Flatten, nn.Identity, nn.Dropout):
             affine_since_nonlinear = True
         box_l, box_u = interval_bounds(layer, box_l, box_u)
         shapes.append(tuple(box_l.shape[1:]))
@@ -329,11 +335,6 @@ def _margin_spec(y: Tensor, classes: int, dtype: torch.dtype) -> tuple[Tensor, T
     others = all_classes[all_classes != y.view(-1, 1)].view(batch, classes - 1)
     spec = F.one_hot(y, classes).to(dtype).unsqueeze(1) - F.one_hot(others, classes).to(dtype)
     return spec, others
-
-
-def _check_labels(y: Tensor, batch: int) -> None:
-    if y.shape != (batch,) or y.is_floating_point() or y.dtype == torch.bool:
-        raise ValueError(f"y must be an integer tensor of shape ({batch},), got {y.dtype} {tuple(y.shape)}")
 
 
 def linear_margin_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor, *,
@@ -370,10 +371,8 @@ def _final_linear(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, .
     if len(shapes[-1]) != 1:
         raise ValueError(f"the model must output logits (B, K), got per-example shape {shapes[-1]}")
     batch, classes = lower.shape[0], shapes[-1][0]
-    _check_labels(y, batch)
+    validate_labels(y, batch, classes)
     y = y.to(lower.device)
-    if batch and (int(y.min()) < 0 or int(y.max()) >= classes):
-        raise ValueError(f"labels must lie in [0, {classes}), got range [{int(y.min())}, {int(y.max())}]")
     spec, others = _margin_spec(y, classes, lower.dtype)
     zero = torch.zeros(batch, classes - 1, dtype=lower.dtype, device=lower.device)
     coeffs, offset = _backward(layers, shapes, relaxations, spec, zero, len(layers))

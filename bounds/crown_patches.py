@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from bounds.errors import UnsupportedLayerError
 from bounds.layer_relaxations import (
     ACTIVATIONS,
     PoolRelaxation,
@@ -72,7 +73,7 @@ class _Geometry:
 def _pool_is_patchable(layer: nn.MaxPool2d | nn.AvgPool2d) -> bool:
     if layer.ceil_mode:
         return False
-    if isinstance(layer, nn.MaxPool2d):  # each input entry in at most one window
+    if type(layer) is nn.MaxPool2d:  # each input entry in at most one window
         return pool_stride(layer) == as_pair(layer.kernel_size) and as_pair(layer.dilation) == (1, 1)
     return layer.count_include_pad or as_pair(layer.padding) == (0, 0)
 
@@ -91,16 +92,17 @@ def _geometries(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...
     result = [geometry]
     for i in range(stop - 1, -1, -1):
         layer = layers[i][1]
-        if isinstance(layer, nn.Conv2d):
+        layer_type = type(layer)
+        if layer_type is nn.Conv2d:
             if layer.padding_mode != "zeros":
                 return None
             geometry = geometry.through(as_pair(layer.kernel_size), as_pair(layer.stride),
                                         conv_leading_padding(layer), as_pair(layer.dilation))
-        elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+        elif layer_type in (nn.MaxPool2d, nn.AvgPool2d):
             if not _pool_is_patchable(layer):
                 return None
             geometry = geometry.through(as_pair(layer.kernel_size), pool_stride(layer), as_pair(layer.padding))
-        elif not isinstance(layer, (*ACTIVATIONS, *_PASS_THROUGH, nn.BatchNorm2d, InputNormalization)):
+        elif layer_type not in (*ACTIVATIONS, *_PASS_THROUGH, nn.BatchNorm2d, InputNormalization):
             return None
         result.append(geometry)
     return result[::-1]
@@ -216,34 +218,37 @@ def _back_substitute(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int
     while i >= 0:
         path, layer = layers[i]
         out_geometry = geometries[i + 1]
-        if isinstance(layer, nn.Conv2d):
+        layer_type = type(layer)
+        if layer_type is nn.Conv2d:
             if layer.bias is not None:
                 offset = offset + coeffs.sum(dim=(-2, -1)) @ layer.bias
             coeffs = _conv_transpose(coeffs, layer.weight, as_pair(layer.stride), as_pair(layer.dilation),
                                      layer.groups)
-        elif isinstance(layer, nn.AvgPool2d):
+        elif layer_type is nn.AvgPool2d:
             kernel = as_pair(layer.kernel_size)
             channels = shapes[i][0]
             divisor = layer.divisor_override or kernel[0] * kernel[1]
             weight = coeffs.new_full((channels, 1, *kernel), 1.0 / divisor)
             coeffs = _conv_transpose(coeffs, weight, pool_stride(layer), (1, 1), channels)
-        elif isinstance(layer, (nn.BatchNorm2d, InputNormalization)):
+        elif layer_type in (nn.BatchNorm2d, InputNormalization):
             scale, shift = affine_parts(layer, path)
             scale = scale.expand(shapes[i][0]).reshape(-1, 1, 1)
             offset = offset + _sum_window(coeffs * shift.expand(shapes[i][0]).reshape(-1, 1, 1))
             coeffs = coeffs * scale
-        elif isinstance(layer, nn.MaxPool2d):
+        elif layer_type is nn.MaxPool2d:
             relax = relaxations[i]
             assert isinstance(relax, PoolRelaxation)
             below = activation_below_pool(layers, relaxations, i, 0)
             coeffs, offset = _through_pool(layer, relax, below, coeffs, offset, out_geometry, spec_hw)
             if below is not None:
                 i -= 1  # the activation before the pool was applied at the pool's resolution
-        elif isinstance(layer, ACTIVATIONS):
+        elif layer_type in ACTIVATIONS:
             relax = relaxations[i]
             assert isinstance(relax, Relaxation)
             coeffs, offset = _through_activation(relax, coeffs, offset, out_geometry, spec_hw)
-        if isinstance(layer, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d)):  # the layers that grow the windows
+        elif layer_type not in _PASS_THROUGH:  # pragma: no cover - _geometries admits only the types above
+            raise UnsupportedLayerError(layer_type.__name__, path, "no windowed CROWN rule")
+        if layer_type in (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d):  # the layers that grow the windows
             inside = _inside(geometries[i], spec_hw, shapes[i][1:], coeffs.device)
             if inside is not None:
                 coeffs = coeffs * inside

@@ -14,10 +14,13 @@ enclosing its output:
   and shape/identity layers (``Flatten``, ``Identity``, ``Dropout`` in eval mode): applied to both ends
   ("activating the corresponding bound", Section 3.2.2).
 
-Nested ``nn.Sequential`` containers are walked in order. Any other module raises
+Nested ``nn.Sequential`` containers whose ``forward`` is exactly ``nn.Sequential.forward`` are walked in order.
+Dispatch is on exact types: any other module (a subclass of a supported layer or of ``nn.Sequential`` with its
+own ``forward``, a module with its own ``forward``, one with forward hooks) raises
 :class:`~bounds.errors.UnsupportedLayerError` with its type and dotted path, because its forward may do
-anything. Nothing is cached on the model; the result is differentiable in ``lower`` and ``upper`` (and in
-the model's parameters).
+anything. Inputs must be float32 or float64 with the model's dtype and device (:func:`check_model_input`). Nothing
+is cached on the model and the caller's tensors are never written (in-place activations run on copies); the
+result is differentiable in ``lower`` and ``upper`` (and in the model's parameters).
 """
 
 from collections.abc import Iterator
@@ -39,22 +42,46 @@ _ORDER_ATOL = 1e-6
 _ORDER_RTOL = 1e-6
 
 
+def _own_behaviour(module: nn.Module) -> str:
+    """Why ``module`` may not compute what its type's ``forward`` computes (``""`` if nothing is known to differ).
+
+    A forward assigned on the instance, an overridden ``__call__`` or forward (pre-)hooks can change the output.
+    """
+    if "forward" in vars(module):
+        return "its forward was replaced on the instance"
+    if type(module).__call__ is not nn.Module.__call__:
+        return "it overrides __call__"
+    if module._forward_hooks or module._forward_pre_hooks:
+        return "it has forward hooks, which may change its output"
+    return ""
+
+
 def _leaves(module: nn.Module, path: str) -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(dotted path, layer)`` for every layer of a (nested) Sequential, in execution order.
 
+    Dispatch is on the exact type: only a module whose ``forward`` is exactly ``nn.Sequential.forward`` is walked
+    as a chain of its children (a subclass with its own ``forward``, e.g. a residual block, computes something
+    else), and only layers of exactly a supported type are yielded (a subclass may override ``forward``).
+
     Raises:
-        UnsupportedLayerError: At the first module that is neither a Sequential nor a supported layer.
+        UnsupportedLayerError: At the first module that is neither a plain Sequential nor a supported layer.
     """
+    reason = _own_behaviour(module)
+    if reason:
+        raise UnsupportedLayerError(type(module).__name__, path, reason)
     if isinstance(module, nn.Sequential):
+        if type(module).forward is not nn.Sequential.forward:
+            raise UnsupportedLayerError(type(module).__name__, path,
+                                        "a Sequential subclass with its own forward, which may compute anything "
+                                        "other than the chain of its children")
         for name, child in module.named_children():
             yield from _leaves(child, f"{path}.{name}" if path else name)
         return
-    # Exact type match for layers: a subclass may override forward with anything.
     if type(module) not in _SUPPORTED:
         raise UnsupportedLayerError(type(module).__name__, path)
-    if isinstance(module, nn.LeakyReLU) and module.negative_slope < 0:
-        raise UnsupportedLayerError(f"LeakyReLU(negative_slope={module.negative_slope}) (not monotone)", path)
-    if isinstance(module, nn.MaxPool2d) and module.return_indices:
+    if type(module) is nn.LeakyReLU and module.negative_slope < 0:
+        raise UnsupportedLayerError(f"LeakyReLU(negative_slope={module.negative_slope})", path, "not monotone")
+    if type(module) is nn.MaxPool2d and module.return_indices:
         raise UnsupportedLayerError("MaxPool2d(return_indices=True)", path)
     yield path, module
 
@@ -83,6 +110,43 @@ def check_supported(model: nn.Module) -> None:
         UnsupportedLayerError: Naming the type and dotted path of the first unsupported module.
     """
     supported_layers(model)
+
+
+# Floating dtypes the bound engine computes in. Half precision is refused: its rounding (a relative error of
+# 1e-3 per operation) is far above the margins certificates prove, and bounds are not rounded outwards.
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def check_model_input(model: nn.Module, tensor: Tensor, name: str = "x") -> None:
+    """Raise ``ValueError`` unless ``tensor`` has a supported dtype and the dtype and device of ``model``.
+
+    Runs before any work, so a mismatch gets this message instead of a raw error deep inside a bound pass.
+
+    Args:
+        model: The model to be bounded; its floating parameters and buffers set the expected dtype and device.
+        tensor: An input (or an end of an input box).
+        name: The argument's name in the message.
+
+    Raises:
+        ValueError: For an unsupported dtype (only float32 and float64), a meta tensor, or a dtype or device
+            other than the model's.
+    """
+    if not isinstance(tensor, Tensor):
+        raise ValueError(f"{name} must be a tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"{name} has dtype {tensor.dtype}; bounds are computed in float32 or float64 only (half "
+                         "precision rounds by more than the margins a certificate proves): convert the model and "
+                         "the inputs, e.g. model.float() and x.float()")
+    if tensor.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device, which holds no values: bounds need real inputs")
+    for tag, values in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for where, value in values:
+            if not value.is_floating_point():
+                continue
+            if value.dtype != tensor.dtype or value.device != tensor.device:
+                raise ValueError(f"{name} is {tensor.dtype} on {tensor.device}, but the model's {tag} '{where}' is "
+                                 f"{value.dtype} on {value.device}: the inputs need the model's dtype and device "
+                                 f"(e.g. x.to(dtype={value.dtype}, device='{value.device}'))")
 
 
 def validate_box(lower: Tensor, upper: Tensor) -> None:
@@ -142,14 +206,14 @@ def _channel_view(values: Tensor, like: Tensor) -> Tensor:
 
 def _affine_step(layer: nn.Module, path: str, box: _Box) -> _Box:
     mid, rad = box.centre_radius()
-    if isinstance(layer, nn.Linear):
+    if type(layer) is nn.Linear:
         return _Box(mid=F.linear(mid, layer.weight, layer.bias), rad=F.linear(rad, layer.weight.abs()))
-    if isinstance(layer, nn.Conv2d):
+    if type(layer) is nn.Conv2d:
         return _Box(
             mid=layer._conv_forward(mid, layer.weight, layer.bias),
             rad=layer._conv_forward(rad, layer.weight.abs(), None),
         )
-    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+    if type(layer) in (nn.BatchNorm1d, nn.BatchNorm2d):
         if layer.training:
             raise ValueError(
                 f"{type(layer).__name__} at '{path}' is in train mode; interval bounds need eval mode "
@@ -166,7 +230,7 @@ def _affine_step(layer: nn.Module, path: str, box: _Box) -> _Box:
             shift = shift + layer.bias
         scale_v, shift_v = _channel_view(scale, mid), _channel_view(shift, mid)
         return _Box(mid=mid * scale_v + shift_v, rad=rad * scale_v.abs())
-    if isinstance(layer, InputNormalization):
+    if type(layer) is InputNormalization:
         std = layer.std.reshape(-1)
         mean = layer.mean.reshape(-1)
         inv = _channel_view(1.0 / std, mid)
@@ -193,8 +257,8 @@ def interval_bounds(model: nn.Module, lower: Tensor, upper: Tensor) -> tuple[Ten
 
     Raises:
         UnsupportedLayerError: For a module interval propagation does not know, naming type and path.
-        ValueError: For mismatched shapes, non-finite entries (NaN or inf), ``lower > upper``, or a
-            train-mode BatchNorm/Dropout.
+        ValueError: For mismatched shapes, non-finite entries (NaN or inf), ``lower > upper``, a dtype other
+            than float32/float64, a dtype or device other than the model's, or a train-mode BatchNorm/Dropout.
 
     Example:
         >>> layer = nn.Linear(2, 1)
@@ -204,26 +268,33 @@ def interval_bounds(model: nn.Module, lower: Tensor, upper: Tensor) -> tuple[Ten
         >>> lo.tolist(), up.tolist()
         ([[-1.5]], [[1.5]])
     """
+    check_model_input(model, lower, "lower")
+    check_model_input(model, upper, "upper")
     validate_box(lower, upper)
     box = _Box(lower=lower, upper=upper)
     for path, layer in _leaves(model, ""):
-        if isinstance(layer, _AFFINE):
+        layer_type = type(layer)
+        if layer_type in _AFFINE:
             box = _affine_step(layer, path, box)
-        elif isinstance(layer, nn.Dropout):
+        elif layer_type is nn.Dropout:
             if layer.training and layer.p > 0:
                 raise ValueError(
                     f"Dropout at '{path}' is in train mode; interval bounds need eval mode. "
                     "Use bounds.modes.evaluation_mode(model)."
                 )
-        elif isinstance(layer, nn.Identity):
+        elif layer_type is nn.Identity:
             pass
-        elif isinstance(layer, nn.Flatten):
+        elif layer_type is nn.Flatten:
             if box.mid is not None and box.rad is not None:
                 box = _Box(mid=layer(box.mid), rad=layer(box.rad))
             else:
                 lo, up = box.ends()
                 box = _Box(lower=layer(lo), upper=layer(up))
-        else:  # monotone nondecreasing maps: ReLU, LeakyReLU (slope >= 0), Sigmoid, Tanh, MaxPool2d, AvgPool2d
+        elif layer_type in _MONOTONE:  # nondecreasing: ReLU, LeakyReLU (slope >= 0), Sigmoid, Tanh, Max/AvgPool2d
             lo, up = box.ends()
+            if getattr(layer, "inplace", False):  # never overwrite the caller's (or an earlier layer's) tensors
+                lo, up = lo.clone(), up.clone()
             box = _Box(lower=layer(lo), upper=layer(up))
+        else:  # pragma: no cover - _leaves yields only the types above
+            raise UnsupportedLayerError(layer_type.__name__, path)
     return box.ends()

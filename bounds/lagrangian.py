@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from bounds.margins import Method, margin_lower_bounds
-from bounds.uniform import clipped_box, min_margin
+from bounds.uniform import clipped_box, clipped_widths, min_margin
 
 _MIN_EPS = 1e-8
 
@@ -97,8 +97,7 @@ def log_width_objective(x: Tensor, eps_lower: Tensor, eps_upper: Tensor, input_r
 
     Widths are those of the clipped box when ``input_range`` is given. Zero widths give ``+inf``.
     """
-    lower, upper = clipped_box(x, eps_lower, eps_upper, input_range)
-    return -torch.log(upper - lower).flatten(1).mean(1)
+    return -torch.log(clipped_widths(x, eps_lower, eps_upper, input_range)).flatten(1).mean(1)
 
 
 def _scale_to_feasible(model: nn.Module, x: Tensor, y: Tensor, eps_lower: Tensor, eps_upper: Tensor, target: float,
@@ -150,7 +149,8 @@ def optimise_radii(
         model: A model :func:`~bounds.interval.interval_bounds` supports, already in eval mode.
         x: Correctly classified inputs ``(B, ...)`` (no gradient needed).
         y: Labels ``(B,)``.
-        init_radius: Warm start per example ``(B,)``, normally the certified uniform radius.
+        init_radius: Warm start per example ``(B,)``, normally the certified uniform radius; examples with ``0``
+            (none certified, e.g. a clean margin below ``target``) get zero radii without optimisation.
         symmetric: ``True`` for the non-uniform bound (``eps1 = eps2``, Liu et al. 2019), ``False`` for
             Amoeba's asymmetric bound.
         delta: The ``delta`` of the constraints ``v >= 0``.
@@ -167,6 +167,14 @@ def optimise_radii(
         ``target`` by the last check made here (the caller re-verifies).
     """
     opts = options or LagrangianOptions()
+    live = init_radius > 0
+    if not bool(live.all()):  # no certified uniform radius: nothing to start from, zero radii (uncertified)
+        eps_lower, eps_upper = torch.zeros_like(x), torch.zeros_like(x)
+        if bool(live.any()):
+            eps_lower[live], eps_upper[live] = optimise_radii(
+                model, x[live], y[live], init_radius[live], symmetric=symmetric, delta=delta, target=target,
+                input_range=input_range, options=opts, progress=progress, method=method)
+        return eps_lower, eps_upper
     batch = x.shape[0]
     view = (batch, *([1] * (x.dim() - 1)))
     start = (init_radius.clamp(min=_MIN_EPS) * opts.init_scale).log().view(view).expand_as(x)
@@ -194,7 +202,7 @@ def optimise_radii(
             others = ~torch.nn.functional.one_hot(y, classes).bool()
             mu = torch.zeros((batch, classes), dtype=x.dtype, device=x.device)
         v = torch.where(others, margins - delta, torch.zeros_like(margins)) / scale
-        objective = -torch.log(upper - lower).flatten(1).mean(1)
+        objective = log_width_objective(x, eps_lower, eps_upper, input_range)
         s = torch.minimum(v, mu / eta)
         loss = (objective + (-mu * s + eta / 2 * s * s).sum(1)).sum()
         grads = torch.autograd.grad(loss, params)

@@ -92,9 +92,9 @@ def activation_below_pool(layers: list[tuple[str, nn.Module]], relaxations: Rela
     ``start`` (the first layer of the back-substitution), and both relaxations are known.
     """
     layer = layers[i][1]
-    if i - 1 < start or not isinstance(layer, nn.MaxPool2d) or not disjoint_windows(layer):
+    if i - 1 < start or type(layer) is not nn.MaxPool2d or not disjoint_windows(layer):
         return None
-    if not isinstance(layers[i - 1][1], ACTIVATIONS):
+    if type(layers[i - 1][1]) not in ACTIVATIONS:
         return None
     activation, pool = relaxations.get(i - 1), relaxations.get(i)
     if not isinstance(activation, Relaxation) or not isinstance(pool, PoolRelaxation):
@@ -117,11 +117,14 @@ def relu_relaxation(lower: Tensor, upper: Tensor, slope: float) -> Relaxation:
 
 def monotone_relaxation(layer: nn.Module, lower: Tensor, upper: Tensor) -> Relaxation:
     """Parallel lines of slope ``min(sigma'(l), sigma'(u))`` for Sigmoid/Tanh (unimodal derivatives)."""
-    f_l, f_u = layer(lower), layer(upper)
-    if isinstance(layer, nn.Sigmoid):
+    if type(layer) is nn.Sigmoid:
+        f_l, f_u = torch.sigmoid(lower), torch.sigmoid(upper)
         d_l, d_u = f_l * (1 - f_l), f_u * (1 - f_u)
-    else:
+    elif type(layer) is nn.Tanh:
+        f_l, f_u = torch.tanh(lower), torch.tanh(upper)
         d_l, d_u = 1 - f_l * f_l, 1 - f_u * f_u
+    else:
+        raise UnsupportedLayerError(type(layer).__name__, "", "no parallel-line relaxation")
     slope = torch.minimum(d_l, d_u).clamp(min=0)
     return Relaxation(slope, f_l - slope * lower, slope, f_u - slope * upper)
 
@@ -179,12 +182,16 @@ def pool_relaxation(layer: nn.MaxPool2d, lower: Tensor, upper: Tensor) -> PoolRe
 
 def relax_layer(layer: nn.Module, lower: Tensor, upper: Tensor) -> Relaxation | PoolRelaxation:
     """The relaxation of a nonlinear layer (activation or MaxPool2d) on its input bounds."""
-    if isinstance(layer, nn.MaxPool2d):
+    layer_type = type(layer)
+    if layer_type is nn.MaxPool2d:
         return pool_relaxation(layer, lower, upper)
-    if isinstance(layer, (nn.Sigmoid, nn.Tanh)):
+    if layer_type in (nn.Sigmoid, nn.Tanh):
         return monotone_relaxation(layer, lower, upper)
-    slope = float(layer.negative_slope) if isinstance(layer, nn.LeakyReLU) else 0.0
-    return relu_relaxation(lower, upper, slope)
+    if layer_type is nn.LeakyReLU:
+        return relu_relaxation(lower, upper, float(layer.negative_slope))
+    if layer_type is nn.ReLU:
+        return relu_relaxation(lower, upper, 0.0)
+    raise UnsupportedLayerError(layer_type.__name__, "", "no CROWN relaxation")
 
 
 def affine_parts(layer: nn.Module, path: str) -> tuple[Tensor, Tensor]:
@@ -194,9 +201,11 @@ def affine_parts(layer: nn.Module, path: str) -> tuple[Tensor, Tensor]:
         ValueError: For a BatchNorm in train mode.
         UnsupportedLayerError: For a BatchNorm without running statistics.
     """
-    if isinstance(layer, InputNormalization):
+    if type(layer) is InputNormalization:
         scale = 1.0 / layer.std.reshape(-1)
         return scale, -layer.mean.reshape(-1) * scale
+    if type(layer) not in (nn.BatchNorm1d, nn.BatchNorm2d):
+        raise UnsupportedLayerError(type(layer).__name__, path, "not a per-channel affine layer")
     if layer.training:
         raise ValueError(f"{type(layer).__name__} at '{path}' is in train mode; CROWN needs eval mode.")
     if layer.running_mean is None or layer.running_var is None:

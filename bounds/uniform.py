@@ -32,6 +32,24 @@ def clipped_box(
     return lower, upper
 
 
+def clipped_widths(
+    x: Tensor, eps_lower: Tensor, eps_upper: Tensor, input_range: tuple[float, float] | None
+) -> Tensor:
+    """Widths ``upper - lower`` of :func:`clipped_box`'s box, computed from the radii without cancellation.
+
+    ``(x + e2) - (x - e1)`` rounds to zero in floating point for radii far below ``|x|``'s resolution (e.g.
+    ``1e-8`` at ``|x| ~ 1`` in float32), which made ``log`` widths infinite; ``e1 + e2`` (each side clipped to the
+    range) keeps every positive radius positive.
+
+    Returns:
+        Widths shaped like ``x``, differentiable in the radii (zero gradient where the clip is active).
+    """
+    if input_range is not None:
+        eps_lower = torch.minimum(eps_lower, (x - input_range[0]).clamp(min=0))
+        eps_upper = torch.minimum(eps_upper, (input_range[1] - x).clamp(min=0))
+    return (eps_lower + eps_upper).expand_as(x)
+
+
 def min_margin(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor, method: Method = "ibp") -> Tensor:
     """``min_{j != y}`` of the margin lower bounds of ``method`` per example ``(B,)`` (``+inf`` with one class)."""
     return margin_lower_bounds(model, lower, upper, y, method).min(dim=1).values
