@@ -204,3 +204,15 @@ def test_bad_inputs() -> None:
         fgsm(model, x, y, 0.1, mask=torch.ones(3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="bounded"):
         carlini_wagner_l2(model, x, y, input_range=None, max_iterations=1, search_steps=1)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_non_finite_input_raises(name: str) -> None:
+    """An attack on a NaN input used to report success (NaN logits); it must refuse the input instead."""
+    model = small_net()
+    x, y = batch()
+    for bad in (float("nan"), float("inf")):
+        x_bad = x.clone()
+        x_bad[1, 0, 3, 3] = bad
+        with pytest.raises(ValueError, match="finite"):
+            ATTACKS[name](model, x_bad, y)

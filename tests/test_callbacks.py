@@ -113,6 +113,34 @@ def test_validate_under_inference_mode_matches_direct_bounds_and_acts(tmp_path: 
     assert 0.0 <= logged["val/acts/overlap_percent"] <= 50.0
 
 
+def test_margins_below_delta_are_uncertified_and_the_rest_is_logged(tmp_path: Path) -> None:
+    """A clean margin in (0, delta) used to crash Algorithm 1 (NaN), so the callback logged nothing for the epoch."""
+    dm, model = datamodule(), classifier()
+    x, y = first_validation_examples(dm, 6)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(20):  # fit the six digits so that they are classified correctly, with varied margins
+        optimiser.zero_grad()
+        F.cross_entropy(model.model(x), y).backward()
+        optimiser.step()
+    with torch.no_grad():
+        logits = model.model(x)
+    correct = logits.argmax(1) == y
+    top2 = logits.topk(2, dim=1).values
+    gaps = (top2[:, 0] - top2[:, 1])[correct]
+    assert gaps.numel() >= 2
+    delta = float(gaps.median())
+    amoeba = AmoebaBoundCallback(kinds=("nonuniform", "asymmetric"), delta=delta, **FAST_AMOEBA)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a recorded failure warns: none may happen
+        logged = trainer(tmp_path, [amoeba]).validate(model, datamodule=dm)[0]
+    for kind in ("nonuniform", "asymmetric"):
+        cert = certify(model.model, x, y, kind=kind, delta=delta, iterations=8)
+        assert 0 < int(cert.certified.sum()) < int(correct.sum())
+        width = geometric_mean_width(cert)[cert.certified]
+        assert logged[f"val/amoeba/{kind}/certified_fraction"] == pytest.approx(float(cert.certified.float().mean()))
+        assert logged[f"val/amoeba/{kind}/mean_width"] == pytest.approx(float(width.mean()), rel=1e-5)
+
+
 def test_crown_method_logs_the_crown_certificates(tmp_path: Path) -> None:
     """AmoebaBoundCallback(method="crown") logs certify(method="crown") on the subset: wider than IBP on LeNet."""
     dm, model = datamodule(), classifier("lenet")

@@ -120,3 +120,36 @@ def test_certify_with_crown_gives_sound_and_wider_boxes(tmp_path: Path) -> None:
         margins = crown_margin_bounds(network, lower[certified], upper[certified], y[certified])
         assert bool((margins >= 1e-4 - 1e-7).all())
         assert_label_constant(network, lower, upper, y, mask=certified, pgd_steps=20, num_samples=16)
+
+
+def test_certify_finishes_when_some_clean_margins_are_below_delta(trained_checkpoint: Path, tmp_path: Path) -> None:
+    """One example with a clean margin in (0, delta) used to crash the whole run (NaN in Algorithm 1)."""
+    from datamodules import MNISTDataModule
+    from lightning_modules import ImageClassifier
+
+    network = ImageClassifier.load_from_checkpoint(trained_checkpoint).model.eval()
+    data = MNISTDataModule(source="embedded", max_train_examples=600, max_eval_examples=120)
+    data.setup("test")
+    x = torch.stack([data.test_set[i][0] for i in range(40)])
+    with torch.no_grad():
+        top2 = network(x).topk(2, dim=1).values
+    delta = float((top2[:, 0] - top2[:, 1]).median())  # about half of the examples cannot reach it
+    out = tmp_path / "report"
+    summary = certify.main(["--config", "normal_lenet.yaml", f"--ckpt_path={trained_checkpoint}",
+                            "--certify.num_examples=12", f"--certify.delta={delta}", f"--certify.output_dir={out}",
+                            "--certify.attacks=false", "--certify.acts=false", "--certify.num_figure_examples=2",
+                            f"--trainer.logger.init_args.save_dir={tmp_path}", *SMALL_DATA, *QUIET])
+    for kind, values in summary["kinds"].items():
+        assert values["examples"] == 12, kind
+        assert 0.0 < values["certified_fraction"] < 1.0, kind
+    radii = torch.load(out / "radii.pt")
+    data.setup("test")
+    for kind, result in radii.items():
+        certified = result["certified"]
+        x = torch.stack([data.test_set[int(i)][0] for i in result["index"]])
+        y = torch.tensor([int(data.test_set[int(i)][1]) for i in result["index"]])
+        assert bool((result["eps_lower"][~certified] == 0).all()) and bool((result["eps_upper"][~certified] == 0).all())
+        lower, upper = x - result["eps_lower"], x + result["eps_upper"]
+        margins = margin_lower_bounds(network, lower[certified], upper[certified], y[certified])
+        assert bool((margins >= delta * (1 - 1e-6)).all()), kind
+        assert_label_constant(network, lower, upper, y, mask=certified, pgd_steps=20, num_samples=16)

@@ -73,7 +73,7 @@ def check_inputs(x: Tensor, y: Tensor) -> None:
         y: ``[B]`` integer labels.
 
     Raises:
-        ValueError: On mismatched or malformed shapes.
+        ValueError: On mismatched or malformed shapes, or non-finite inputs (an attack on NaN "succeeds" trivially).
     """
     if x.dim() < 2:
         raise ValueError(f"x must be batched with shape [B, ...], got shape {tuple(x.shape)}")
@@ -81,6 +81,9 @@ def check_inputs(x: Tensor, y: Tensor) -> None:
         raise ValueError(f"y must have shape [{x.shape[0]}] to match x of shape {tuple(x.shape)}, got {tuple(y.shape)}")
     if y.dtype.is_floating_point or y.dtype == torch.bool:
         raise ValueError(f"y must hold integer class indices, got dtype {y.dtype}")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        raise ValueError(f"x must be finite (found NaN or inf at {int((~finite).sum())} entries)")
 
 
 def _as_bool(mask: Tensor, x: Tensor, name: str) -> Tensor:
