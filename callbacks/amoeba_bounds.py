@@ -331,7 +331,7 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
             if position == 0:
                 low, high = self._range
                 inputs = ((picture["inputs"].view(count, *shape) - low) / (high - low)).clamp(0, 1).cpu()
-                writer.add_image("val/amoeba/inputs", colormap_grid(inputs, cmap="gray"), step)
+                writer.add_image("val/amoeba/inputs", colormap_grid(inputs, cmap="gray", scaling="full"), step)
             writer.add_image(f"val/amoeba/{kind}/heatmap", colormap_grid(picture["heatmap"].view(count, *shape),
                                                                          cmap="magma"), step)
             if kind == "asymmetric":
