@@ -39,8 +39,9 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from bounds.crown_patches import patch_bounds, patches_apply
+from bounds.engine.chain import crown_chain, layer_interval
 from bounds.errors import UnsupportedLayerError
-from bounds.interval import check_model_input, interval_bounds, supported_layers, validate_box
+from bounds.interval import check_model_input, validate_box
 from bounds.layer_relaxations import (
     ACTIVATIONS,
     PoolRelaxation,
@@ -148,7 +149,7 @@ def _backward(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]]
             scale, shift = scale.reshape(view), shift.reshape(view)
             offset = offset + (coeffs * shift).flatten(2).sum(2)
             coeffs = coeffs * scale
-        elif layer_type is nn.AvgPool2d:
+        elif layer_type in (nn.AvgPool2d, nn.AdaptiveAvgPool2d):
             batch, specs = coeffs.shape[:2]
             dummy = torch.zeros(batch * specs, *in_shape, dtype=coeffs.dtype, device=coeffs.device)
             _, pullback = torch.func.vjp(layer, dummy)
@@ -168,7 +169,7 @@ def _backward(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]]
             relax = relaxations[i]
             assert isinstance(relax, Relaxation)
             coeffs, offset = _activation_backward(relax, coeffs, offset)
-        else:  # pragma: no cover - supported_layers yields only the types above
+        else:  # pragma: no cover - crown_chain yields only the types above
             raise UnsupportedLayerError(layer_type.__name__, path, "no CROWN rule")
         i -= 1
     return coeffs, offset
@@ -298,7 +299,7 @@ def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Interme
     check_model_input(model, lower, "lower")
     check_model_input(model, upper, "upper")
     validate_box(lower, upper)
-    layers = list(supported_layers(model))
+    layers = crown_chain(model, lower, upper)
     shapes: list[tuple[int, ...]] = [tuple(lower.shape[1:])]
     relaxations: Relaxations = {}
     box_l, box_u = lower, upper
@@ -323,7 +324,7 @@ def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Interme
             affine_since_nonlinear = False
         elif layer_type not in (nn.Flatten, nn.Identity, nn.Dropout):
             affine_since_nonlinear = True
-        box_l, box_u = interval_bounds(layer, box_l, box_u)
+        box_l, box_u = layer_interval(layer, path, box_l, box_u)
         shapes.append(tuple(box_l.shape[1:]))
     return layers, shapes, relaxations, box_l, box_u
 

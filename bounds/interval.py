@@ -1,115 +1,54 @@
-"""Interval bound propagation (Amoeba Theorem 1, Equations 3 and 4) through ``nn.Sequential`` models.
+"""Interval bound propagation (Amoeba Theorem 1, Equations 3 and 4) through any traceable ``nn.Module``.
 
-Given an input box ``lower <= x <= upper``, every supported layer maps a box enclosing its input to a box
-enclosing its output:
+Given an input box ``lower <= x <= upper``, the model is traced into a graph of operators
+(:mod:`bounds.engine.graph`, ``torch.fx``) and every node maps the boxes of its inputs to a box enclosing its
+output, in topological order; the operators and their rules live in one registry
+(:mod:`bounds.engine.registry`):
 
-- ``Linear`` / ``Conv2d`` (Theorem 1) in the equivalent centre-radius form: with ``mid = (l + u) / 2`` and
-  ``rad = (u - l) / 2``, ``mid' = W mid + b`` and ``rad' = |W| rad``; then ``l' = mid' - rad'`` and
-  ``u' = mid' + rad'``. This equals ``[W]_+ l + [W]_- u + b`` and ``[W]_+ u + [W]_- l + b`` with two
-  matrix products instead of four.
-- Affine per-channel layers (``BatchNorm1d/2d`` in eval mode, :class:`~bounds.normalization.InputNormalization`):
-  the same centre-radius rule with a diagonal weight.
-- ``AvgPool2d``: linear with a nonnegative kernel, hence monotone: applied to both ends.
-- Monotone layers (``ReLU``, ``LeakyReLU`` with a nonnegative slope, ``Sigmoid``, ``Tanh``, ``MaxPool2d``)
-  and shape/identity layers (``Flatten``, ``Identity``, ``Dropout`` in eval mode): applied to both ends
-  ("activating the corresponding bound", Section 3.2.2).
+- affine layers (``Linear``, ``Conv2d``, eval ``BatchNorm``, :class:`~bounds.normalization.InputNormalization`)
+  in centre-radius form: ``mid' = W mid + b``, ``rad' = |W| rad``;
+- monotone activations and pooling on the ends; GELU and SiLU through their minimum;
+- residual sums, concatenation, reshapes and affine maps by constants exactly.
 
-Nested ``nn.Sequential`` containers whose ``forward`` is exactly ``nn.Sequential.forward`` are walked in order.
-Dispatch is on exact types: any other module (a subclass of a supported layer or of ``nn.Sequential`` with its
-own ``forward``, a module with its own ``forward``, one with forward hooks) raises
-:class:`~bounds.errors.UnsupportedLayerError` with its type and dotted path, because its forward may do
-anything. Inputs must be float32 or float64 with the model's dtype and device (:func:`check_model_input`). Nothing
-is cached on the model and the caller's tensors are never written (in-place activations run on copies); the
-result is differentiable in ``lower`` and ``upper`` (and in the model's parameters).
+Custom ``forward`` methods, functional calls (``F.relu``, ``torch.flatten``, views) and residual networks such as
+torchvision's ResNets are supported. Dispatch is on exact identity: an operator that is not registered, a
+module whose behaviour may differ from what tracing sees (forward hooks, a ``forward`` replaced on the instance),
+or a forward that tracing cannot follow raises :class:`~bounds.errors.UnsupportedLayerError` naming the operator,
+its module path and source line. Inputs must be float32 or float64 with the model's dtype and device
+(:func:`check_model_input`). The caller's tensors are never written (in-place activations run out of place);
+the result is differentiable in ``lower`` and ``upper`` (and in the model's parameters).
 """
 
-from collections.abc import Iterator
-
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from bounds.errors import UnsupportedLayerError
-from bounds.normalization import InputNormalization
-
-_AFFINE = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, InputNormalization)
-_MONOTONE = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d)
-_SHAPE = (nn.Flatten, nn.Identity, nn.Dropout)
-_SUPPORTED = _AFFINE + _MONOTONE + _SHAPE
+from bounds.engine.graph import bound_graph, run_graph
+from bounds.engine.registry import Call
 
 # Slack allowed for ``lower <= upper`` (rounding in callers that build boxes as x - eps, x + eps).
 _ORDER_ATOL = 1e-6
 _ORDER_RTOL = 1e-6
 
 
-def _own_behaviour(module: nn.Module) -> str:
-    """Why ``module`` may not compute what its type's ``forward`` computes (``""`` if nothing is known to differ).
-
-    A forward assigned on the instance, an overridden ``__call__`` or forward (pre-)hooks can change the output.
-    """
-    if "forward" in vars(module):
-        return "its forward was replaced on the instance"
-    if type(module).__call__ is not nn.Module.__call__:
-        return "it overrides __call__"
-    if module._forward_hooks or module._forward_pre_hooks:
-        return "it has forward hooks, which may change its output"
-    return ""
-
-
-def _leaves(module: nn.Module, path: str) -> Iterator[tuple[str, nn.Module]]:
-    """Yield ``(dotted path, layer)`` for every layer of a (nested) Sequential, in execution order.
-
-    Dispatch is on the exact type: only a module whose ``forward`` is exactly ``nn.Sequential.forward`` is walked
-    as a chain of its children (a subclass with its own ``forward``, e.g. a residual block, computes something
-    else), and only layers of exactly a supported type are yielded (a subclass may override ``forward``).
-
-    Raises:
-        UnsupportedLayerError: At the first module that is neither a plain Sequential nor a supported layer.
-    """
-    reason = _own_behaviour(module)
-    if reason:
-        raise UnsupportedLayerError(type(module).__name__, path, reason)
-    if isinstance(module, nn.Sequential):
-        if type(module).forward is not nn.Sequential.forward:
-            raise UnsupportedLayerError(type(module).__name__, path,
-                                        "a Sequential subclass with its own forward, which may compute anything "
-                                        "other than the chain of its children")
-        for name, child in module.named_children():
-            yield from _leaves(child, f"{path}.{name}" if path else name)
-        return
-    if type(module) not in _SUPPORTED:
-        raise UnsupportedLayerError(type(module).__name__, path)
-    if type(module) is nn.LeakyReLU and module.negative_slope < 0:
-        raise UnsupportedLayerError(f"LeakyReLU(negative_slope={module.negative_slope})", path, "not monotone")
-    if type(module) is nn.MaxPool2d and module.return_indices:
-        raise UnsupportedLayerError("MaxPool2d(return_indices=True)", path)
-    yield path, module
-
-
-def supported_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(dotted path, layer)`` of every layer of a (nested) Sequential in execution order, all supported.
-
-    The one layer walk shared by interval propagation and CROWN.
-
-    Raises:
-        UnsupportedLayerError: At the first module that is neither a Sequential nor a supported layer.
-    """
-    return list(_leaves(model, ""))
-
-
 def check_supported(model: nn.Module) -> None:
     """Check that :func:`interval_bounds` can propagate through ``model`` without running it.
 
-    Only the structure is checked; train-mode ``BatchNorm``/``Dropout`` are accepted here because
-    certification switches the model to eval mode (:func:`bounds.modes.evaluation_mode`).
+    The model is traced (and the graph cached); every input-dependent operator must be registered, and every
+    module's settings supported (e.g. no negative LeakyReLU slope). Arguments of functional calls and train-mode
+    ``BatchNorm``/``Dropout`` are checked when bounds are computed (certification switches the model to eval
+    mode, :func:`bounds.modes.evaluation_mode`).
 
     Args:
-        model: The model (a supported layer or a nested ``nn.Sequential`` of them).
+        model: The model.
 
     Raises:
-        UnsupportedLayerError: Naming the type and dotted path of the first unsupported module.
+        UnsupportedLayerError: Naming the first unsupported operator, its module path and source line.
     """
-    supported_layers(model)
+    graph, modules = bound_graph(model)
+    for node in graph.nodes:
+        if node.kind == "operator" and node.call == "module":
+            assert node.operator is not None
+            node.operator.validate(Call((), {}, modules[node.target], node.path, node.name, node.source))
 
 
 # Floating dtypes the bound engine computes in. Half precision is refused: its rounding (a relative error of
@@ -171,73 +110,6 @@ def validate_box(lower: Tensor, upper: Tensor) -> None:
             raise ValueError(f"lower must not exceed upper; the largest excess is {excess.max().item():.3g}")
 
 
-class _Box:
-    """An interval kept lazily as ``(lower, upper)`` or ``(mid, rad)``, converting only when a layer needs it."""
-
-    __slots__ = ("lower", "upper", "mid", "rad")
-
-    def __init__(
-        self,
-        lower: Tensor | None = None,
-        upper: Tensor | None = None,
-        mid: Tensor | None = None,
-        rad: Tensor | None = None,
-    ) -> None:
-        self.lower, self.upper, self.mid, self.rad = lower, upper, mid, rad
-
-    def ends(self) -> tuple[Tensor, Tensor]:
-        if self.lower is None or self.upper is None:
-            assert self.mid is not None and self.rad is not None
-            self.lower, self.upper = self.mid - self.rad, self.mid + self.rad
-        return self.lower, self.upper
-
-    def centre_radius(self) -> tuple[Tensor, Tensor]:
-        if self.mid is None or self.rad is None:
-            assert self.lower is not None and self.upper is not None
-            self.mid = (self.upper + self.lower) / 2
-            self.rad = ((self.upper - self.lower) / 2).clamp_min(0)
-        return self.mid, self.rad
-
-
-def _channel_view(values: Tensor, like: Tensor) -> Tensor:
-    """Reshape a per-channel vector to broadcast over ``like`` of shape ``(B, C, ...)``."""
-    return values.reshape(1, -1, *([1] * (like.dim() - 2)))
-
-
-def _affine_step(layer: nn.Module, path: str, box: _Box) -> _Box:
-    mid, rad = box.centre_radius()
-    if type(layer) is nn.Linear:
-        return _Box(mid=F.linear(mid, layer.weight, layer.bias), rad=F.linear(rad, layer.weight.abs()))
-    if type(layer) is nn.Conv2d:
-        return _Box(
-            mid=layer._conv_forward(mid, layer.weight, layer.bias),
-            rad=layer._conv_forward(rad, layer.weight.abs(), None),
-        )
-    if type(layer) in (nn.BatchNorm1d, nn.BatchNorm2d):
-        if layer.training:
-            raise ValueError(
-                f"{type(layer).__name__} at '{path}' is in train mode; interval bounds need eval mode "
-                "(running statistics). Use bounds.modes.evaluation_mode(model)."
-            )
-        if layer.running_mean is None or layer.running_var is None:
-            raise UnsupportedLayerError(f"{type(layer).__name__}(track_running_stats=False)", path)
-        scale = torch.rsqrt(layer.running_var + layer.eps)
-        shift = -layer.running_mean * scale
-        if layer.weight is not None:
-            scale = scale * layer.weight
-            shift = shift * layer.weight
-        if layer.bias is not None:
-            shift = shift + layer.bias
-        scale_v, shift_v = _channel_view(scale, mid), _channel_view(shift, mid)
-        return _Box(mid=mid * scale_v + shift_v, rad=rad * scale_v.abs())
-    if type(layer) is InputNormalization:
-        std = layer.std.reshape(-1)
-        mean = layer.mean.reshape(-1)
-        inv = _channel_view(1.0 / std, mid)
-        return _Box(mid=(mid - _channel_view(mean, mid)) * inv, rad=rad * inv.abs())
-    raise UnsupportedLayerError(type(layer).__name__, path)  # pragma: no cover - _AFFINE is exhaustive
-
-
 def interval_bounds(model: nn.Module, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
     """Bound the outputs of ``model`` over the input box ``[lower, upper]`` (Amoeba Theorem 1, Eqs. 3-4).
 
@@ -246,7 +118,7 @@ def interval_bounds(model: nn.Module, lower: Tensor, upper: Tensor) -> tuple[Ten
     Dropout raise a ``ValueError``).
 
     Args:
-        model: A supported layer or a nested ``nn.Sequential`` of supported layers.
+        model: Any model whose forward traces into registered operators (see the module docstring).
         lower: Lower ends of the input box, shape ``(B, ...)``.
         upper: Upper ends, same shape, ``upper >= lower`` (a slack of ``1e-6`` absolute/relative is
             tolerated and treated as a zero-width interval).
@@ -271,30 +143,4 @@ def interval_bounds(model: nn.Module, lower: Tensor, upper: Tensor) -> tuple[Ten
     check_model_input(model, lower, "lower")
     check_model_input(model, upper, "upper")
     validate_box(lower, upper)
-    box = _Box(lower=lower, upper=upper)
-    for path, layer in _leaves(model, ""):
-        layer_type = type(layer)
-        if layer_type in _AFFINE:
-            box = _affine_step(layer, path, box)
-        elif layer_type is nn.Dropout:
-            if layer.training and layer.p > 0:
-                raise ValueError(
-                    f"Dropout at '{path}' is in train mode; interval bounds need eval mode. "
-                    "Use bounds.modes.evaluation_mode(model)."
-                )
-        elif layer_type is nn.Identity:
-            pass
-        elif layer_type is nn.Flatten:
-            if box.mid is not None and box.rad is not None:
-                box = _Box(mid=layer(box.mid), rad=layer(box.rad))
-            else:
-                lo, up = box.ends()
-                box = _Box(lower=layer(lo), upper=layer(up))
-        elif layer_type in _MONOTONE:  # nondecreasing: ReLU, LeakyReLU (slope >= 0), Sigmoid, Tanh, Max/AvgPool2d
-            lo, up = box.ends()
-            if getattr(layer, "inplace", False):  # never overwrite the caller's (or an earlier layer's) tensors
-                lo, up = lo.clone(), up.clone()
-            box = _Box(lower=layer(lo), upper=layer(up))
-        else:  # pragma: no cover - _leaves yields only the types above
-            raise UnsupportedLayerError(layer_type.__name__, path)
-    return box.ends()
+    return run_graph(model, lower, upper).ends()

@@ -16,12 +16,14 @@ Affine per-channel layers (eval ``BatchNorm``, :class:`~bounds.normalization.Inp
 :func:`affine_parts` returns their per-channel ``(scale, shift)``.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from bounds.engine.affine import batch_norm_parts
 from bounds.errors import UnsupportedLayerError
 from bounds.normalization import InputNormalization
 
@@ -80,8 +82,23 @@ class PoolRelaxation:
 
 # The relaxation of every nonlinear layer of a model, by the layer's index in its flat layer list.
 Relaxations = dict[int, Relaxation | PoolRelaxation]
+# Activations relaxed by chord-parallel lines (:func:`chord_relaxation`): the activation ``f(layer, z)``, a bound of
+# ``|f'|`` and whether ``f`` is convex (then the chord itself is the upper line).
+_CHORD_RELAXED = {
+    nn.ELU: (lambda layer, z: F.elu(z, layer.alpha), lambda layer: max(1.0, float(layer.alpha)),
+             lambda layer: 0 <= layer.alpha <= 1),
+    nn.Softplus: (lambda layer, z: F.softplus(z, layer.beta, layer.threshold), lambda layer: 1.0,
+                  lambda layer: False),  # PyTorch's switch to z above the threshold breaks convexity slightly
+    nn.Hardtanh: (lambda layer, z: F.hardtanh(z, layer.min_val, layer.max_val), lambda layer: 1.0,
+                  lambda layer: False),
+    nn.ReLU6: (lambda layer, z: F.relu6(z), lambda layer: 1.0, lambda layer: False),
+    nn.GELU: (lambda layer, z: F.gelu(z, approximate=layer.approximate), lambda layer: 1.2, lambda layer: False),
+    nn.SiLU: (lambda layer, z: F.silu(z), lambda layer: 1.1, lambda layer: False),
+}
 # Elementwise activations with a :class:`Relaxation`.
-ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
+ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, *_CHORD_RELAXED)
+# Grid points of :func:`chord_relaxation` per neuron.
+_CHORD_POINTS = 33
 
 
 def activation_below_pool(layers: list[tuple[str, nn.Module]], relaxations: Relaxations, i: int, start: int
@@ -108,11 +125,14 @@ def relu_relaxation(lower: Tensor, upper: Tensor, slope: float) -> Relaxation:
     active = lower >= 0
     denominator = torch.where(unstable, upper - lower, torch.ones_like(upper))
     chord = (upper - slope * lower) / denominator
-    slope_u = torch.where(unstable, chord, torch.where(active, 1.0, slope))
+    # Constants as tensors of the input's dtype: a Python float in torch.where is rounded to float32, which made
+    # the float64 lines miss the function by ~1e-8.
+    one, leak = torch.ones_like(lower), torch.full_like(lower, slope)
+    stable_slope = torch.where(active, one, leak)
+    slope_u = torch.where(unstable, chord, stable_slope)
     icpt_u = torch.where(unstable, lower * (slope - chord), torch.zeros_like(lower))
-    adaptive = torch.where(upper >= -lower, 1.0, slope)
-    slope_l = torch.where(unstable, adaptive, torch.where(active, 1.0, slope)).to(lower.dtype)
-    return Relaxation(slope_l, torch.zeros_like(lower), slope_u.to(lower.dtype), icpt_u, has_icpt_l=False)
+    slope_l = torch.where(unstable, torch.where(upper >= -lower, one, leak), stable_slope)
+    return Relaxation(slope_l, torch.zeros_like(lower), slope_u, icpt_u, has_icpt_l=False)
 
 
 def monotone_relaxation(layer: nn.Module, lower: Tensor, upper: Tensor) -> Relaxation:
@@ -127,6 +147,30 @@ def monotone_relaxation(layer: nn.Module, lower: Tensor, upper: Tensor) -> Relax
         raise UnsupportedLayerError(type(layer).__name__, "", "no parallel-line relaxation")
     slope = torch.minimum(d_l, d_u).clamp(min=0)
     return Relaxation(slope, f_l - slope * lower, slope, f_u - slope * upper)
+
+
+def chord_relaxation(f: Callable[[Tensor], Tensor], lipschitz: float, convex: bool, lower: Tensor, upper: Tensor
+                     ) -> Relaxation:
+    """Two lines parallel to the chord of ``f`` on ``[l, u]``, placed by a grid search with a Lipschitz margin.
+
+    With the chord slope ``k = (f(u) - f(l)) / (u - l)``, ``g(z) = f(z) - k z`` is ``L``-Lipschitz with
+    ``L = sup |f'| + |k|``, so on a grid of spacing ``h`` every point of ``[l, u]`` is within ``h / 2`` of a grid
+    point and ``min g >= min_grid g - L h / 2``, ``max g <= max_grid g + L h / 2``: the lines
+    ``k z + min g`` and ``k z + max g`` enclose ``f`` on ``[l, u]`` whatever its shape (GELU and SiLU are neither
+    convex nor concave). For a convex ``f`` the maximum of ``g`` is at the ends, so the upper line is the chord.
+    On a point (``l = u``) both lines are the constant ``f(l)``.
+    """
+    width = upper - lower
+    flat = width > 0
+    f_l, f_u = f(lower), f(upper)
+    slope = torch.where(flat, (f_u - f_l) / torch.where(flat, width, torch.ones_like(width)), torch.zeros_like(width))
+    steps = torch.linspace(0, 1, _CHORD_POINTS, dtype=lower.dtype, device=lower.device)
+    grid = lower.unsqueeze(-1) + width.unsqueeze(-1) * steps
+    g = f(grid) - slope.unsqueeze(-1) * grid
+    margin = (lipschitz + slope.abs()) * width / (2 * (_CHORD_POINTS - 1))
+    icpt_l = g.amin(-1) - margin
+    icpt_u = torch.maximum(f_l - slope * lower, f_u - slope * upper) if convex else g.amax(-1) + margin
+    return Relaxation(slope, icpt_l, slope.clone(), icpt_u)
 
 
 def _pool_arguments(layer: nn.MaxPool2d | nn.AvgPool2d) -> dict[str, object]:
@@ -191,6 +235,9 @@ def relax_layer(layer: nn.Module, lower: Tensor, upper: Tensor) -> Relaxation | 
         return relu_relaxation(lower, upper, float(layer.negative_slope))
     if layer_type is nn.ReLU:
         return relu_relaxation(lower, upper, 0.0)
+    if layer_type in _CHORD_RELAXED:
+        f, lipschitz, convex = _CHORD_RELAXED[layer_type]
+        return chord_relaxation(lambda z: f(layer, z), lipschitz(layer), convex(layer), lower, upper)
     raise UnsupportedLayerError(layer_type.__name__, "", "no CROWN relaxation")
 
 
@@ -206,14 +253,4 @@ def affine_parts(layer: nn.Module, path: str) -> tuple[Tensor, Tensor]:
         return scale, -layer.mean.reshape(-1) * scale
     if type(layer) not in (nn.BatchNorm1d, nn.BatchNorm2d):
         raise UnsupportedLayerError(type(layer).__name__, path, "not a per-channel affine layer")
-    if layer.training:
-        raise ValueError(f"{type(layer).__name__} at '{path}' is in train mode; CROWN needs eval mode.")
-    if layer.running_mean is None or layer.running_var is None:
-        raise UnsupportedLayerError(f"{type(layer).__name__}(track_running_stats=False)", path)
-    scale = torch.rsqrt(layer.running_var + layer.eps)
-    shift = -layer.running_mean * scale
-    if layer.weight is not None:
-        scale, shift = scale * layer.weight, shift * layer.weight
-    if layer.bias is not None:
-        shift = shift + layer.bias
-    return scale, shift
+    return batch_norm_parts(layer, path)

@@ -68,9 +68,11 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
     resumed run does not log a step twice); under ``trainer.validate`` it always runs.
 
     **Network**: ``model_attribute`` if given, else ``pl_module.model`` if it is an ``nn.Module``, else
-    ``pl_module``. It must be a nested ``nn.Sequential`` of layers :mod:`bounds.interval` supports; otherwise one
-    warning names the layer and its path, and the callback does nothing for the rest of the run (training goes
-    on). Any error raised while certifying is turned into a warning too, and the callback stops.
+    ``pl_module``. Its forward must trace into operators the bound engine supports (:mod:`bounds.engine`:
+    custom forwards, functional calls and residual connections are fine; ``method="crown"`` needs a chain);
+    otherwise one warning names the operator, its path and source line, and the callback does nothing for the
+    rest of the run (training goes on). Any error raised while certifying is turned into a warning too, and the
+    callback stops.
 
     **Side effects**: none on training: the network's submodule modes, its parameters' ``requires_grad`` flags
     and the global ``torch``/``numpy``/``random`` states are restored, and no gradient is written. Works inside
@@ -175,7 +177,7 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Pick the network and check that interval propagation supports it (else warn once and skip)."""
+        """Pick the network and check that the bound engine supports it (else warn once and skip)."""
         network, where = resolve_network(pl_module, self.model_attribute, prefer_inner=True)
         self._uses_inner = where == "pl_module.model"
         self._network = None
@@ -184,11 +186,13 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
         except UnsupportedLayerError as error:
             if not self._warned_unsupported:
                 self._warned_unsupported = True
+                source = f" ({error.source})" if error.source else ""
+                reason = f": {error.reason}" if error.reason else ""
                 rank_zero_warn(
-                    f"{type(self).__name__} is disabled: interval propagation cannot bound {where}: unsupported "
-                    f"layer {error.layer_type} at '{self._qualified_path(error.path)}'. Certification needs a "
-                    "nested nn.Sequential of supported layers (see bounds.interval); pass model_attribute to name "
-                    "it. Training continues."
+                    f"{type(self).__name__} is disabled: the bound engine cannot bound {where}: unsupported "
+                    f"operator {error.layer_type} at '{self._qualified_path(error.path)}'{source}{reason}. "
+                    "Certification needs a network whose forward traces into supported operators (README: "
+                    "'Supported operators'); pass model_attribute to name another one. Training continues."
                 )
             return
         self._network = network

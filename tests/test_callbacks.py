@@ -361,18 +361,59 @@ def test_unsupported_model_warns_once_skips_bounds_and_still_logs_acts(tmp_path:
         run.validate(model, val_loader)
     messages = [str(w.message) for w in caught if "AmoebaBoundCallback" in str(w.message)]
     assert len(messages) == 1, messages
-    assert "Squash" in messages[0] and "pl_module.net.3" in messages[0]
+    assert "Tensor.abs" in messages[0] and "pl_module.net.3" in messages[0] and "test_callbacks.py" in messages[0]
     assert not any(k.startswith("val/amoeba") for k in run.callback_metrics)
     assert "val/acts/mean" in run.callback_metrics and callbacks[1].runs == 3
 
 
-def test_default_network_is_the_module_itself_when_it_has_no_model_attribute(tmp_path: Path) -> None:
+class LitClassifier(LightningModule):
+    """A LightningModule written the way the Lightning docs write one: layers inline, functional forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(16, 32)
+        self.l2 = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(x.size(0), -1)
+        return self.l2(torch.relu(self.l1(x)))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+@pytest.mark.parametrize("module_class", [ForeignClassifier, LitClassifier])
+def test_default_callback_bounds_a_lightning_module_with_its_own_forward(tmp_path: Path, module_class) -> None:
+    """AmoebaBoundCallback() with no arguments on a LightningModule whose forward is not a Sequential."""
     train_loader, val_loader = foreign_loaders()
-    model = ForeignClassifier()
-    amoeba = AmoebaBoundCallback(every_n_epochs=1)  # ForeignClassifier itself is not an nn.Sequential
-    with pytest.warns(UserWarning, match="cannot bound pl_module: unsupported layer ForeignClassifier"):
-        trainer(tmp_path, [amoeba]).validate(model, val_loader)
-    assert amoeba.runs == 0
+    torch.manual_seed(0)
+    model = module_class()
+    amoeba = AmoebaBoundCallback(kinds=("uniform", "asymmetric"), every_n_epochs=1, num_examples=10, iterations=8,
+                                 input_range=(0.0, 1.0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = trainer(tmp_path, [amoeba], max_epochs=3)
+        run.fit(model, train_loader, val_loader)
+        logged = run.validate(model, val_loader)[0]
+    assert not [str(w.message) for w in caught if "AmoebaBoundCallback" in str(w.message)]
+    assert amoeba.runs == 4
+    x, y = next(iter(val_loader))
+    for kind in ("uniform", "asymmetric"):
+        cert = certify(model, x, y, kind=kind, iterations=8, input_range=(0.0, 1.0))
+        width = geometric_mean_width(cert)[cert.certified]
+        assert float(cert.certified.float().mean()) > 0
+        assert logged[f"val/amoeba/{kind}/certified_fraction"] == pytest.approx(float(cert.certified.float().mean()))
+        assert logged[f"val/amoeba/{kind}/mean_width"] == pytest.approx(float(width.mean()), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------------- edge cases, resume

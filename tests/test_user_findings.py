@@ -15,7 +15,7 @@ from torch import nn
 from bounds.certify import certify
 from bounds.crown import crown_margin_bounds
 from bounds.errors import UnsupportedLayerError
-from bounds.interval import check_supported, interval_bounds
+from bounds.interval import interval_bounds
 from bounds.layer_relaxations import relax_layer
 from bounds.margins import margin_lower_bounds
 from tests.soundness import assert_encloses, assert_label_constant, sample_box
@@ -43,15 +43,6 @@ class MyReLU(nn.ReLU):
         return -super().forward(x)
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.fc(x)
-
-
 def issue_model(block: type[nn.Sequential]) -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), block(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16)), nn.ReLU(),
@@ -59,20 +50,31 @@ def issue_model(block: type[nn.Sequential]) -> nn.Sequential:
 
 
 @pytest.mark.parametrize("block", [ResidualSeq, Scaled])
-@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_sequential_subclass_with_own_forward_is_refused(block, method, kind):
+def test_sequential_subclass_with_own_forward_is_bounded_as_its_forward(block, kind):
+    """The issue's repro: once bounded as the chain of its children (unsound); now traced as what forward computes."""
     model = issue_model(block)
     x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
     y = model(x).argmax(1)
-    for call in (lambda: certify(model, x, y, kind=kind, method=method),
-                 lambda: interval_bounds(model, x, x),
-                 lambda: margin_lower_bounds(model, x - 0.01, x + 0.01, y, method),
-                 lambda: check_supported(model)):
-        with pytest.raises(UnsupportedLayerError) as info:
-            call()
-        assert info.value.layer_type == block.__name__ and info.value.path == "1"
-        assert "own forward" in str(info.value) and "nn.Sequential" in str(info.value)
+    out_l, out_u = interval_bounds(model, x, x)
+    with torch.no_grad():
+        assert torch.allclose(out_l, model(x), atol=1e-5) and torch.allclose(out_u, model(x), atol=1e-5)
+    cert = certify(model, x, y, kind=kind, iterations=20)
+    assert bool(cert.certified.any())
+    margins = margin_lower_bounds(model, (x - cert.eps_lower)[cert.certified], (x + cert.eps_upper)[cert.certified],
+                                  y[cert.certified])
+    assert bool((margins.min(1).values >= 1e-4).all())
+    assert_label_constant(model, x - cert.eps_lower, x + cert.eps_upper, y, mask=cert.certified)
+
+
+@pytest.mark.parametrize("block", [ResidualSeq, Scaled])
+def test_crown_refuses_what_it_cannot_bound_yet_by_name(block):
+    model = issue_model(block)
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with pytest.raises(UnsupportedLayerError) as info:
+        certify(model, x, model(x).argmax(1), kind="uniform", method="crown")
+    assert info.value.path == "1" and "method='ibp'" in str(info.value)
+    assert "test_user_findings.py" in info.value.source
 
 
 def test_sequential_subclass_keeping_forward_is_bounded_like_sequential():
@@ -96,23 +98,37 @@ def test_modules_whose_behaviour_differs_from_their_type_are_refused():
         assert info.value.path == "1"
 
 
-def test_layer_subclass_refused_by_every_rule():
-    """Dispatch on exact types: a subclass of a supported layer never reaches a rule of its base class."""
-    with pytest.raises(UnsupportedLayerError, match="MyReLU"):
-        crown_margin_bounds(nn.Sequential(nn.Linear(2, 2), MyReLU(), nn.Linear(2, 2)), torch.zeros(1, 2),
-                            torch.ones(1, 2), torch.tensor([0]))
+def test_layer_subclass_is_traced_not_bounded_as_its_base_class():
+    """Dispatch on exact types: a subclass of ReLU that negates is bounded as -relu, never by ReLU's rule."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), MyReLU(), nn.Linear(3, 2)).eval()
+    lower, upper = -torch.ones(3, 2), torch.ones(3, 2)
+    out_l, out_u = interval_bounds(model, lower, upper)
+    assert_encloses(model, lower, upper, out_l, out_u, sample_box(lower, upper, 256, 256))
+    with pytest.raises(UnsupportedLayerError) as info:  # CROWN has no rule for the negation yet
+        crown_margin_bounds(model, lower, upper, torch.tensor([0, 1, 0]))
+    assert info.value.path == "1"
     with pytest.raises(UnsupportedLayerError, match="MyReLU"):
         relax_layer(MyReLU(), -torch.ones(1, 2), torch.ones(1, 2))
-    with pytest.raises(UnsupportedLayerError, match="GELU"):
-        relax_layer(nn.GELU(), -torch.ones(1, 2), torch.ones(1, 2))
+    with pytest.raises(UnsupportedLayerError, match="Softmax"):
+        relax_layer(nn.Softmax(dim=1), -torch.ones(1, 2), torch.ones(1, 2))
+
+
+class Exp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return torch.exp(self.fc(x))
 
 
 def test_unsupported_model_error_says_what_to_do():
     with pytest.raises(UnsupportedLayerError) as info:
-        interval_bounds(Net(), torch.zeros(1, 4), torch.ones(1, 4))
+        interval_bounds(nn.Sequential(nn.Identity(), Exp()), torch.zeros(1, 4), torch.ones(1, 4))
     message = str(info.value)
-    assert "Net at '<root>'" in message and "own forward" in message
-    assert "write it as a (nested) nn.Sequential" in message and "load the same weights" in message
+    assert "torch.exp at '1'" in message and "test_user_findings.py" in message
+    assert "bounds exactly these operators" in message and "Replace the operator" in message
 
 
 def tiny_margin_batch():

@@ -1,0 +1,70 @@
+"""Benchmark: the bound engine's cost per example on LeNet and FC100 (IBP, CROWN, asymmetric certification).
+
+Prints, per model, milliseconds per example of one ``interval_bounds`` call, one ``crown_margin_bounds`` call (boxes
+of radius ``--radius`` around correctly classified test digits) and of ``certify(kind="asymmetric")`` with interval
+bounds. The models are the normal LeNet and FC100 trained by ``train.py`` (``bench_certify.trained_model``, reused
+from ``--log-dir``), so two checkouts measured one after the other with the same ``--log-dir`` time the same
+weights. Each timing is the best of ``--repeats`` runs. Uses only the public API, so it runs on any commit since the
+CROWN engine landed:
+
+    python benchmarks/bench_engine.py --threads 1 --log-dir /tmp/bench_engine_logs
+"""
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from bench_certify import correctly_classified, trained_model
+
+from bounds import certify, crown_margin_bounds, interval_bounds
+
+
+def best_seconds(function: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` runs of ``function`` (seconds)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    """Run the benchmark and print the table (and a JSON line per model)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=100, help="correctly classified test digits per model")
+    parser.add_argument("--radius", type=float, default=0.01, help="box radius of the IBP and CROWN timings")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs of the models (when not cached)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (the best is kept)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--log-dir", type=Path, default=Path("/tmp/bench_engine_logs"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"| model | IBP ms/ex | CROWN ms/ex | asymmetric IBP certify ms/ex | (examples {args.examples}, "
+          f"radius {args.radius}, {args.threads} thread(s), {device}) |")
+    print("|---|---|---|---|---|")
+    for architecture in ("lenet", "fc100"):
+        model, datamodule = trained_model(architecture, "normal", args.epochs, args.log_dir)
+        x, y, _ = correctly_classified(model, datamodule, args.examples)
+        model, x, y = model.to(device), x.to(device), y.to(device)
+        count = x.shape[0]
+        lower, upper = x - args.radius, x + args.radius
+        with torch.no_grad():
+            interval_bounds(model, lower, upper)  # warm-up (and the first trace)
+            ibp = best_seconds(lambda: interval_bounds(model, lower, upper), args.repeats) / count
+            crown = best_seconds(lambda: crown_margin_bounds(model, lower, upper, y), max(1, args.repeats // 2))
+        crown /= count
+        certify_seconds = best_seconds(lambda: certify(model, x, y, kind="asymmetric"), max(1, args.repeats // 2))
+        certify_seconds /= count
+        print(f"| {architecture} | {1e3 * ibp:.4f} | {1e3 * crown:.3f} | {1e3 * certify_seconds:.3f} | |")
+        print(json.dumps({"model": architecture, "ibp_ms": 1e3 * ibp, "crown_ms": 1e3 * crown,
+                          "certify_asymmetric_ms": 1e3 * certify_seconds, "examples": count}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Pooling: MaxPool2d (monotone), AvgPool2d, AdaptiveAvgPool2d and means over dimensions (linear, nonnegative).
+
+All are nondecreasing in every input entry, so they map the box's ends to the ends of an enclosing box
+(exactly, for the linear ones). Functional calls are turned into the equivalent module, which also serves as
+their layer in a CROWN chain.
+"""
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from bounds.engine.box import Box
+from bounds.engine.registry import Call, Operator, parameters, register
+
+_MAX_POOL = (("kernel_size", None), ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False),
+             ("return_indices", False))
+_AVG_POOL = (("kernel_size", None), ("stride", None), ("padding", 0), ("ceil_mode", False),
+             ("count_include_pad", True), ("divisor_override", None))
+
+
+class Pooling(Operator):
+    """A pooling operator applied to both ends; ``layer`` gives the module of a call (the module itself if any)."""
+
+    def layer(self, call: Call) -> nn.Module:
+        raise NotImplementedError
+
+    def interval(self, call: Call) -> Box:
+        layer = self.layer(call)
+        lower, upper = call.box().ends()
+        return Box(lower=layer(lower), upper=layer(upper))
+
+    def crown_layers(self, call: Call) -> list[nn.Module] | None:
+        return [self.layer(call)]
+
+    def validate(self, call: Call) -> None:
+        self.layer(call)
+
+
+@register(modules=(nn.MaxPool2d,), functions=(F.max_pool2d,))
+class MaxPool2d(Pooling):
+    title = "MaxPool2d (without return_indices)"
+
+    def layer(self, call: Call) -> nn.Module:
+        if call.module is not None:
+            layer = call.module
+        else:
+            params: dict[str, Any] = parameters(call, _MAX_POOL)
+            layer = nn.MaxPool2d(**params)
+        if layer.return_indices:
+            raise call.unsupported("return_indices=True")
+        return layer
+
+
+@register(modules=(nn.AvgPool2d,), functions=(F.avg_pool2d,))
+class AvgPool2d(Pooling):
+    title = "AvgPool2d"
+
+    def layer(self, call: Call) -> nn.Module:
+        return call.module if call.module is not None else nn.AvgPool2d(**parameters(call, _AVG_POOL))
+
+
+@register(modules=(nn.AdaptiveAvgPool2d,), functions=(F.adaptive_avg_pool2d,))
+class AdaptiveAvgPool2d(Pooling):
+    title = "AdaptiveAvgPool2d"
+
+    def layer(self, call: Call) -> nn.Module:
+        if call.module is not None:
+            return call.module
+        return nn.AdaptiveAvgPool2d(**parameters(call, (("output_size", None),)))
+
+
+@register(functions=(torch.mean,), methods=("mean",))
+class Mean(Operator):
+    title = "mean over dimensions (global average pooling)"
+
+    def interval(self, call: Call) -> Box:
+        params = parameters(call, (("dim", None), ("keepdim", False)))
+        lower, upper = call.box().ends()
+        if params["dim"] is None:
+            return Box(lower=lower.mean(), upper=upper.mean())
+        return Box(lower=lower.mean(params["dim"], keepdim=params["keepdim"]),
+                   upper=upper.mean(params["dim"], keepdim=params["keepdim"]))
+
+    def crown_layers(self, call: Call) -> list[nn.Module] | None:
+        params = parameters(call, (("dim", None), ("keepdim", False)))
+        dims = params["dim"]
+        dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+        if len(call.box().shape) != 4 or sorted(d % 4 for d in dims) != [2, 3]:
+            return None  # CROWN knows global average pooling of (B, C, H, W) maps only
+        return [nn.AdaptiveAvgPool2d(1)] if params["keepdim"] else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
