@@ -153,3 +153,28 @@ def test_certify_finishes_when_some_clean_margins_are_below_delta(trained_checkp
         margins = margin_lower_bounds(network, lower[certified], upper[certified], y[certified])
         assert bool((margins >= delta * (1 - 1e-6)).all()), kind
         assert_label_constant(network, lower, upper, y, mask=certified, pgd_steps=20, num_samples=16)
+
+
+def test_train_and_certify_the_zoo_resnet(tmp_path: Path) -> None:
+    """The zoo's residual network (an ordinary nn.Module) trains from a config and certify.py certifies it (IBP)."""
+    args = ["--config", "normal_lenet.yaml", "--model.init_args.architecture=resnet_small", *SMALL_DATA, *QUIET,
+            f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.callbacks=[]"]
+    cli = train.main([*args, "--trainer.max_epochs=1"])
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    assert ckpt
+    out = tmp_path / "report"
+    summary = certify.main([*args, f"--ckpt_path={ckpt}", "--certify.num_examples=4",
+                            "--certify.kinds=[uniform, asymmetric]", "--certify.attacks=false", "--certify.acts=false",
+                            f"--certify.output_dir={out}", "--certify.num_figure_examples=2"])
+    assert summary["kinds"]["asymmetric"]["certified_fraction"] > 0
+    radii = torch.load(out / "radii.pt")
+    network = cli.model.model.eval()
+    cli.datamodule.setup("test")
+    for result in radii.values():
+        x = torch.stack([cli.datamodule.test_set[int(i)][0] for i in result["index"]])
+        y = torch.tensor([int(cli.datamodule.test_set[int(i)][1]) for i in result["index"]])
+        certified = result["certified"]
+        lower, upper = x - result["eps_lower"], x + result["eps_upper"]
+        margins = margin_lower_bounds(network, lower[certified], upper[certified], y[certified])
+        assert bool((margins >= 1e-4 - 1e-7).all())
+        assert_label_constant(network, lower, upper, y, mask=certified, pgd_steps=20, num_samples=16)

@@ -20,6 +20,7 @@ from bounds.interval import check_supported, interval_bounds
 from bounds.layer_relaxations import relax_layer
 from bounds.margins import margin_lower_bounds
 from bounds.normalization import InputNormalization
+from lightning_modules.zoo import SmallResNet
 from tests.soundness import assert_encloses, assert_label_constant, sample_box
 
 KINDS = ("uniform", "nonuniform", "asymmetric")
@@ -317,36 +318,6 @@ def test_refusals_name_operator_path_and_source_line():
 # ------------------------------------------------------------------ residual networks and torchvision
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, channels_in: int, channels: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels_in, channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or channels_in != channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(channels_in, channels, 1, stride, bias=False),
-                                          nn.BatchNorm2d(channels))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
-
-
-class SmallResNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.blocks = nn.Sequential(BasicBlock(8, 8, 1), BasicBlock(8, 16, 2))
-        self.head = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = self.blocks(self.stem(x))
-        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
 def randomised_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -359,7 +330,7 @@ def randomised_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def briefly_trained_resnet() -> nn.Module:
     torch.manual_seed(0)
-    model = SmallResNet()
+    model = SmallResNet((3, 32, 32), 10)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(64, 3, 32, 32, generator=gen)
     y = (x[:, 0].mean((1, 2)) > x[:, 1].mean((1, 2))).long() + 2 * (x[:, 2].mean((1, 2)) > 0.5).long()
@@ -375,7 +346,7 @@ def briefly_trained_resnet() -> nn.Module:
 @pytest.mark.parametrize("trained", [False, True], ids=["random", "trained"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_resnet_certificates_survive_attacks(kind, trained):
-    model = briefly_trained_resnet() if trained else randomised_batch_norms(SmallResNet())
+    model = briefly_trained_resnet() if trained else randomised_batch_norms(SmallResNet((3, 32, 32), 10))
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     y = model(x).argmax(1)
     cert = certify(model, x, y, kind=kind, input_range=(0.0, 1.0), iterations=10)
