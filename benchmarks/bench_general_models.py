@@ -1,0 +1,69 @@
+"""Benchmark: interval bounds of torchvision classifiers (random weights) through the traced-graph engine.
+
+For ``resnet18`` and ``vgg11_bn`` (``num_classes=10``) at 3x32x32 and 3x224x224, one ``interval_bounds`` call on a
+batch of boxes of radius ``1/255`` is timed (best of ``--repeats``, after a warm-up that includes the trace), and the
+peak resident memory of a fresh process doing only that is reported (each configuration runs in its own spawned
+process, so the peaks do not mix). ``--crown`` adds one CROWN evaluation at 3x32x32 for the models that are chains
+(vgg11_bn; residual networks are refused by CROWN until it runs over graphs).
+
+    python benchmarks/bench_general_models.py --threads 1
+"""
+
+import argparse
+import multiprocessing
+import resource
+import time
+
+import torch
+import torchvision
+
+from bounds import crown_margin_bounds, interval_bounds
+
+
+def measure(architecture: str, size: int, batch: int, repeats: int, threads: int, method: str) -> dict[str, float]:
+    """Seconds per example and peak RSS (MiB) of one bound evaluation, in this (fresh) process."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, architecture)(num_classes=10).eval()
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    lower, upper = (x - 1 / 255).clamp(0, 1), (x + 1 / 255).clamp(0, 1)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+
+        def run() -> object:
+            if method == "crown":
+                return crown_margin_bounds(model, lower, upper, y)
+            return interval_bounds(model, lower, upper)
+
+        run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+    return {"seconds_per_example": min(times) / batch,
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    """Run every configuration in its own process and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--crown", action="store_true", help="also one CROWN evaluation of vgg11_bn at 3x32x32")
+    args = parser.parse_args()
+    configs = [(arch, size, batch, "ibp") for arch in ("resnet18", "vgg11_bn") for size, batch in ((32, 8), (224, 1))]
+    if args.crown:
+        configs.append(("vgg11_bn", 32, 1, "crown"))
+    context = multiprocessing.get_context("spawn")
+    print(f"| model | input | method | batch | ms per example | peak RSS MiB | ({args.threads} thread(s), CPU) |")
+    print("|---|---|---|---|---|---|---|")
+    with context.Pool(1, maxtasksperchild=1) as pool:
+        for architecture, size, batch, method in configs:
+            result = pool.apply(measure, (architecture, size, batch, args.repeats, args.threads, method))
+            print(f"| {architecture} | 3x{size}x{size} | {method} | {batch} | "
+                  f"{1e3 * result['seconds_per_example']:.1f} | {result['peak_mib']:.0f} | |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
