@@ -44,11 +44,12 @@ def check_supported(model: nn.Module) -> None:
     Raises:
         UnsupportedLayerError: Naming the first unsupported operator, its module path and source line.
     """
-    graph, modules = bound_graph(model)
+    graph = bound_graph(model)
     for node in graph.nodes:
         if node.kind == "operator" and node.call == "module":
             assert node.operator is not None
-            node.operator.validate(Call((), {}, modules[node.target], node.path, node.name, node.source))
+            module = graph.module(model, node.target)
+            node.operator.validate(Call((), {}, module, node.path, node.name, node.source))
 
 
 # Floating dtypes the bound engine computes in. Half precision is refused: its rounding (a relative error of
@@ -62,7 +63,8 @@ def check_model_input(model: nn.Module, tensor: Tensor, name: str = "x") -> None
     Runs before any work, so a mismatch gets this message instead of a raw error deep inside a bound pass.
 
     Args:
-        model: The model to be bounded; its floating parameters and buffers set the expected dtype and device.
+        model: The model to be bounded; its first floating parameter (else buffer) sets the expected dtype and
+            device.
         tensor: An input (or an end of an input box).
         name: The argument's name in the message.
 
@@ -78,14 +80,22 @@ def check_model_input(model: nn.Module, tensor: Tensor, name: str = "x") -> None
                          "the inputs, e.g. model.float() and x.float()")
     if tensor.device.type == "meta":
         raise ValueError(f"{name} is on the meta device, which holds no values: bounds need real inputs")
+    reference = _reference_tensor(model)
+    if reference is not None:
+        tag, where, value = reference
+        if value.dtype != tensor.dtype or value.device != tensor.device:
+            raise ValueError(f"{name} is {tensor.dtype} on {tensor.device}, but the model's {tag} '{where}' is "
+                             f"{value.dtype} on {value.device}: the inputs need the model's dtype and device "
+                             f"(e.g. x.to(dtype={value.dtype}, device='{value.device}'))")
+
+
+def _reference_tensor(model: nn.Module) -> tuple[str, str, Tensor] | None:
+    """The model's first floating parameter (else buffer): the dtype and device inputs must have."""
     for tag, values in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
         for where, value in values:
-            if not value.is_floating_point():
-                continue
-            if value.dtype != tensor.dtype or value.device != tensor.device:
-                raise ValueError(f"{name} is {tensor.dtype} on {tensor.device}, but the model's {tag} '{where}' is "
-                                 f"{value.dtype} on {value.device}: the inputs need the model's dtype and device "
-                                 f"(e.g. x.to(dtype={value.dtype}, device='{value.device}'))")
+            if value.is_floating_point():
+                return tag, where, value
+    return None
 
 
 def validate_box(lower: Tensor, upper: Tensor) -> None:

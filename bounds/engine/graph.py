@@ -78,10 +78,19 @@ class Node:
 
 @dataclass
 class BoundGraph:
-    """A traced model: nodes in topological order and the reference of the output."""
+    """A traced model: nodes in topological order, the reference of the output, and the submodules by path.
+
+    ``modules`` holds the traced model's submodules (never the model itself, so that the cache entry does not keep
+    its key alive); :meth:`module` resolves a path.
+    """
 
     nodes: list[Node]
     output: Ref
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+
+    def module(self, model: nn.Module, path: str) -> nn.Module:
+        """The module at ``path`` of ``model`` (``""``: the model)."""
+        return model if path == "" else self.modules[path]
 
 
 class _Tracer(fx.Tracer):
@@ -102,30 +111,32 @@ class _Tracer(fx.Tracer):
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], BoundGraph]]" = weakref.WeakKeyDictionary()
 
 
-def _signature(model: nn.Module) -> tuple[tuple[Any, ...], dict[str, nn.Module]]:
-    modules = dict(model.named_modules(remove_duplicate=False))
-    key = tuple((name, id(m), type(m), m.training) for name, m in modules.items())
-    return key, modules
+def _signature(model: nn.Module) -> tuple[Any, ...]:
+    """What a cached graph depends on: every module's identity, type, mode, hooks and instance ``forward``."""
+    return tuple((id(m), type(m), m.training, bool(m._forward_hooks or m._forward_pre_hooks), "forward" in m.__dict__)
+                 for m in model.modules())
 
 
-def bound_graph(model: nn.Module) -> tuple[BoundGraph, dict[str, nn.Module]]:
-    """The cached graph of ``model`` (traced again when its module tree changed) and its modules by path.
+def bound_graph(model: nn.Module) -> BoundGraph:
+    """The cached graph of ``model`` (traced again when its module tree, a mode or a hook changed).
 
     Raises:
         UnsupportedLayerError: For an operator without a rule, a module whose behaviour differs from its type's
             (hooks, a replaced ``forward``), or a forward that tracing cannot follow.
     """
-    key, modules = _signature(model)
+    key = _signature(model)
     cached = _CACHE.get(model)
     if cached is not None and cached[0] == key:
-        return cached[1], modules
+        return cached[1]
+    modules = dict(model.named_modules(remove_duplicate=False))
     for path, module in modules.items():
         reason = _own_behaviour(module)
         if reason:
             raise UnsupportedLayerError(type(module).__name__, path, reason)
     graph = _trace(model, modules)
+    graph.modules = {path: module for path, module in modules.items() if path}
     _CACHE[model] = (key, graph)
-    return graph, modules
+    return graph
 
 
 def _own_behaviour(module: nn.Module) -> str:
@@ -334,10 +345,11 @@ def _attribute(model: nn.Module, name: str) -> Any:
     return value
 
 
-def _fold(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any], modules: dict[str, nn.Module]) -> Any:
+def _fold(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any], module: nn.Module | None) -> Any:
     """Evaluate an input-independent node as the model would."""
     if node.call == "module":
-        return modules[node.target](*args, **kwargs)
+        assert module is not None
+        return module(*args, **kwargs)
     if node.call == "method":
         self, *rest = args
         return getattr(self, node.target)(*rest, **kwargs)
@@ -364,7 +376,7 @@ def run_graph(model: nn.Module, lower: Tensor, upper: Tensor,
     Returns:
         The box of the model's output.
     """
-    graph, modules = bound_graph(model)
+    graph = bound_graph(model)
     values: list[Any] = [None] * len(graph.nodes)
     for position, node in enumerate(graph.nodes):
         if node.kind == "input":
@@ -375,14 +387,14 @@ def run_graph(model: nn.Module, lower: Tensor, upper: Tensor,
             values[position] = _attribute(model, node.target)
         else:
             args, kwargs = _resolve(node.args, values), _resolve(node.kwargs, values)
+            module = graph.module(model, node.target) if node.call == "module" else None
             if node.kind == "fold":
-                values[position] = _fold(node, args, kwargs, modules)
+                values[position] = _fold(node, args, kwargs, module)
             elif node.kind == "shape":
                 values[position] = _shape(node, args, kwargs)
             else:
                 assert node.operator is not None
-                call = Call(args, kwargs, modules[node.target] if node.call == "module" else None, node.path,
-                            node.name, node.source)
+                call = Call(args, kwargs, module, node.path, node.name, node.source)
                 values[position] = node.operator.interval(call)
                 if visit is not None:
                     visit(node, call, values[position])
