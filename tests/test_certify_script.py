@@ -20,6 +20,22 @@ SMALL_DATA = ["--data.init_args.max_train_examples=600", "--data.init_args.max_e
               "--model.init_args.eval_attack_steps=2"]
 
 
+def assert_radii_sound(network: torch.nn.Module, dataset, radii: dict, delta: float = 1e-4,
+                       method: str = "ibp") -> None:
+    """Every certified box of ``radii.pt`` holds the margin with ``method``, and sampling and PGD find nothing."""
+    for kind, result in radii.items():
+        index = result["index"]
+        assert index.tolist() == sorted(set(index.tolist())), "each example certified exactly once"
+        x = torch.stack([dataset[int(i)][0] for i in index])
+        y = torch.tensor([int(dataset[int(i)][1]) for i in index])
+        certified = result["certified"]
+        assert bool((result["eps_lower"][~certified] == 0).all()) and bool((result["eps_upper"][~certified] == 0).all())
+        lower, upper = x - result["eps_lower"], x + result["eps_upper"]
+        margins = margin_lower_bounds(network, lower[certified], upper[certified], y[certified], method)
+        assert bool((margins >= delta * (1 - 1e-6) - 1e-7).all()), kind
+        assert_label_constant(network, lower, upper, y, mask=certified, pgd_steps=20, num_samples=16)
+
+
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     log_dir = tmp_path_factory.mktemp("logs")
@@ -57,18 +73,8 @@ def test_certify_writes_a_sound_report(trained_checkpoint: Path, tmp_path: Path)
                       f"--trainer.logger.init_args.save_dir={tmp_path / 'x'}", *SMALL_DATA])
     model = cli.model
     model.load_state_dict(torch.load(trained_checkpoint, weights_only=False)["state_dict"])
-    network = model.model.eval()
     cli.datamodule.setup("test")
-    for kind, result in radii.items():
-        index = result["index"]
-        assert index.tolist() == sorted(set(index.tolist())), "each example certified exactly once"
-        x = torch.stack([cli.datamodule.test_set[int(i)][0] for i in index])
-        y = torch.tensor([int(cli.datamodule.test_set[int(i)][1]) for i in index])
-        certified = result["certified"]
-        lower, upper = x - result["eps_lower"], x + result["eps_upper"]
-        margins = margin_lower_bounds(network, lower[certified], upper[certified], y[certified])
-        assert bool((margins >= 1e-4 - 1e-7).all()), kind
-        assert_label_constant(network, lower, upper, y, mask=certified, pgd_steps=20, num_samples=16)
+    assert_radii_sound(model.model.eval(), cli.datamodule.test_set, radii)
 
     run = next((tmp_path / "normal_lenet").iterdir())
     events = EventAccumulator(str(run), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE).Reload()
@@ -93,7 +99,6 @@ def test_certify_rejects_a_checkpoint_of_another_model(trained_checkpoint: Path,
 
 
 def test_certify_with_crown_gives_sound_and_wider_boxes(tmp_path: Path) -> None:
-    from bounds.crown import crown_margin_bounds
 
     # LeNet: CROWN's windowed back-substitution of the second convolution runs end to end.
     fc = ["--config", "normal_lenet.yaml", *SMALL_DATA, *QUIET, f"--trainer.logger.init_args.save_dir={tmp_path}"]
@@ -109,17 +114,9 @@ def test_certify_with_crown_gives_sound_and_wider_boxes(tmp_path: Path) -> None:
     for kind in ("uniform", "asymmetric"):
         assert reports["crown"]["kinds"][kind]["mean_geometric_width"] > reports["ibp"]["kinds"][kind][
             "mean_geometric_width"]
-    radii = torch.load(tmp_path / "crown" / "radii.pt")
-    network = cli.model.model.eval()
     cli.datamodule.setup("test")
-    for result in radii.values():
-        x = torch.stack([cli.datamodule.test_set[int(i)][0] for i in result["index"]])
-        y = torch.tensor([int(cli.datamodule.test_set[int(i)][1]) for i in result["index"]])
-        certified = result["certified"]
-        lower, upper = x - result["eps_lower"], x + result["eps_upper"]
-        margins = crown_margin_bounds(network, lower[certified], upper[certified], y[certified])
-        assert bool((margins >= 1e-4 - 1e-7).all())
-        assert_label_constant(network, lower, upper, y, mask=certified, pgd_steps=20, num_samples=16)
+    assert_radii_sound(cli.model.model.eval(), cli.datamodule.test_set, torch.load(tmp_path / "crown" / "radii.pt"),
+                       method="crown")
 
 
 def test_certify_finishes_when_some_clean_margins_are_below_delta(trained_checkpoint: Path, tmp_path: Path) -> None:
@@ -142,17 +139,7 @@ def test_certify_finishes_when_some_clean_margins_are_below_delta(trained_checkp
     for kind, values in summary["kinds"].items():
         assert values["examples"] == 12, kind
         assert 0.0 < values["certified_fraction"] < 1.0, kind
-    radii = torch.load(out / "radii.pt")
-    data.setup("test")
-    for kind, result in radii.items():
-        certified = result["certified"]
-        x = torch.stack([data.test_set[int(i)][0] for i in result["index"]])
-        y = torch.tensor([int(data.test_set[int(i)][1]) for i in result["index"]])
-        assert bool((result["eps_lower"][~certified] == 0).all()) and bool((result["eps_upper"][~certified] == 0).all())
-        lower, upper = x - result["eps_lower"], x + result["eps_upper"]
-        margins = margin_lower_bounds(network, lower[certified], upper[certified], y[certified])
-        assert bool((margins >= delta * (1 - 1e-6)).all()), kind
-        assert_label_constant(network, lower, upper, y, mask=certified, pgd_steps=20, num_samples=16)
+    assert_radii_sound(network, data.test_set, torch.load(out / "radii.pt"), delta=delta)
 
 
 def test_train_and_certify_the_zoo_resnet(tmp_path: Path) -> None:
@@ -167,14 +154,5 @@ def test_train_and_certify_the_zoo_resnet(tmp_path: Path) -> None:
                             "--certify.kinds=[uniform, asymmetric]", "--certify.attacks=false", "--certify.acts=false",
                             f"--certify.output_dir={out}", "--certify.num_figure_examples=2"])
     assert summary["kinds"]["asymmetric"]["certified_fraction"] > 0
-    radii = torch.load(out / "radii.pt")
-    network = cli.model.model.eval()
     cli.datamodule.setup("test")
-    for result in radii.values():
-        x = torch.stack([cli.datamodule.test_set[int(i)][0] for i in result["index"]])
-        y = torch.tensor([int(cli.datamodule.test_set[int(i)][1]) for i in result["index"]])
-        certified = result["certified"]
-        lower, upper = x - result["eps_lower"], x + result["eps_upper"]
-        margins = margin_lower_bounds(network, lower[certified], upper[certified], y[certified])
-        assert bool((margins >= 1e-4 - 1e-7).all())
-        assert_label_constant(network, lower, upper, y, mask=certified, pgd_steps=20, num_samples=16)
+    assert_radii_sound(cli.model.model.eval(), cli.datamodule.test_set, torch.load(out / "radii.pt"))

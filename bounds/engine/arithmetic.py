@@ -41,38 +41,34 @@ def _scale(box: Box, factor: Any) -> Box:
     return Box(mid=mid * factor, rad=rad * magnitude)
 
 
-def _alpha(call: Call) -> float:
+def _add_call(call: Call, sign: float) -> Box:
+    """``a + sign * alpha * b`` for ``(a, b, alpha=number)`` (``torch.add`` / ``torch.sub`` and the operators)."""
     alpha = call.kwargs.get("alpha", 1)
     if set(call.kwargs) - {"alpha"} or len(call.args) != 2 or not _is_constant(alpha):
         raise call.unsupported("arguments other than (a, b, alpha=number)")
-    return alpha
+    a, b = call.args
+    if alpha != 1:
+        b = _scale(b, alpha) if isinstance(b, Box) else b * alpha
+    return _add(a, b, call, sign)
 
 
-@register(functions=(operator.add, operator.iadd, torch.add), methods=("add", "__add__", "__radd__"))
+@register(functions=(operator.add, operator.iadd, torch.add), methods=("add",))
 class Add(Operator):
     title = "a + b (residual connections), torch.add"
 
     def interval(self, call: Call) -> Box:
-        a, b = call.args
-        alpha = _alpha(call)
-        if isinstance(b, Box) and alpha != 1:
-            return _add(a, _scale(b, alpha), call, 1.0)
-        return _add(a, b * alpha if alpha != 1 else b, call, 1.0)
+        return _add_call(call, 1.0)
 
 
-@register(functions=(operator.sub, operator.isub, torch.sub), methods=("sub", "__sub__", "__rsub__"))
+@register(functions=(operator.sub, operator.isub, torch.sub), methods=("sub",))
 class Subtract(Operator):
     title = "a - b, torch.sub"
 
     def interval(self, call: Call) -> Box:
-        a, b = call.args
-        alpha = _alpha(call)
-        if isinstance(b, Box) and alpha != 1:
-            return _add(a, _scale(b, alpha), call, -1.0)
-        return _add(a, b * alpha if alpha != 1 else b, call, -1.0)
+        return _add_call(call, -1.0)
 
 
-@register(functions=(operator.mul, operator.imul, torch.mul), methods=("mul", "__mul__", "__rmul__"))
+@register(functions=(operator.mul, operator.imul, torch.mul), methods=("mul",))
 class Multiply(Operator):
     title = "multiplication by a constant"
 
@@ -87,7 +83,7 @@ class Multiply(Operator):
         raise call.unsupported("a product of two input-dependent values is not affine")
 
 
-@register(functions=(operator.truediv, operator.itruediv, torch.div), methods=("div", "__truediv__"))
+@register(functions=(operator.truediv, operator.itruediv, torch.div), methods=("div",))
 class Divide(Operator):
     title = "division by a constant"
 
@@ -100,7 +96,7 @@ class Divide(Operator):
         raise call.unsupported("division by an input-dependent value is not affine")
 
 
-@register(functions=(operator.neg, torch.neg), methods=("neg", "__neg__"))
+@register(functions=(operator.neg, torch.neg), methods=("neg",))
 class Negate(Operator):
     title = "-x, torch.neg"
 
