@@ -6,7 +6,12 @@ then on the same correctly classified test images measures (median of ``--repeat
 - PGD alone vs. PGD + ACTS (``acts_score`` with the attack's steps: one extra ``torch.func.jvp``), for the
   ACTS paper's setting (3 steps, step eps/2) and Amoeba Table 8's (20 steps, alpha 0.015);
 - how well ACTS separates the examples that attack broke from the others (AUROC, Overlap% on 20 bins);
-- CLEVER at the paper's sample sizes (500 batches x 1024 samples per class) vs. ACTS, per example.
+- CLEVER at the paper's sample sizes (500 batches x 1024 samples per class) vs. ACTS, per example;
+- CLEVER (all classes, as ``clever_u``) vs. IBM ART's ``art.metrics.clever_u`` at equal sample sizes: seconds per
+  image and scores side by side, with fresh samples per batch (the paper's) and with ART's pool
+  (``pool_factor=10``: gradients of 10 x batch-size samples per class, batches drawn from them with replacement);
+- the classes' gradients: one backward per class over a shared forward vs. one vmapped backward
+  (``torch.autograd.grad(..., is_grads_batched=True)``).
 
 Run: ``python benchmarks/bench_acts.py`` (a few minutes on one free CPU core, mostly CLEVER; longer on a busy machine).
 """
@@ -15,6 +20,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +67,8 @@ def main() -> None:
     parser.add_argument("--clever-batches", type=int, default=500)
     parser.add_argument("--clever-batch-size", type=int, default=1024)
     parser.add_argument("--clever-top-k", type=int, default=1, help="competing classes for CLEVER")
+    parser.add_argument("--art-examples", type=int, default=3, help="images for CLEVER vs. ART (0: skip)")
+    parser.add_argument("--art-sizes", nargs="+", default=["20x64", "100x64"], help="num_batches x batch_size")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
@@ -128,6 +136,77 @@ def main() -> None:
     print(f"{'per image (ACTS incl. its PGD)':<34}{'CLEVER s':>10}{'ACTS s':>12}{'CLEVER/ACTS':>14}")
     for label, seconds in acts_per_example.items():
         print(f"{label:<34}{clever_per_example:>10.3f}{seconds:>12.6f}{clever_per_example / seconds:>13.0f}x")
+    compare_class_gradients(model)
+    if args.art_examples > 0:
+        compare_with_art(model, x[: args.art_examples], [tuple(map(int, size.split("x"))) for size in args.art_sizes])
+
+
+def compare_class_gradients(model: nn.Module, k: int = 9) -> None:
+    """Seconds for the gradients of ``k`` margins: one backward per class vs. one vmapped backward of all of them."""
+    print(f"\nGradients of {k} margins (median of 3): per-class backward vs. one is_grads_batched backward")
+    for count in (1024, 4096):
+        points = torch.randn(count, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        seconds = []
+        for run in (_per_class_gradients, _batched_gradients):
+            run(model, points, k)
+            seconds.append(statistics.median(_seconds(run, model, points, k) for _ in range(3)))
+        print(f"  {count} samples: per-class {seconds[0]:.3f}s, batched {seconds[1]:.3f}s "
+              f"(batched/per-class {seconds[1] / seconds[0]:.2f}x)")
+
+
+def _per_class_gradients(model: nn.Module, points: Tensor, k: int) -> None:
+    inputs = points.clone().requires_grad_(True)
+    logits = model(inputs)
+    for r in range(k):
+        torch.autograd.grad((logits[:, 0] - logits[:, r + 1]).sum(), inputs, retain_graph=r < k - 1)
+
+
+def _batched_gradients(model: nn.Module, points: Tensor, k: int) -> None:
+    inputs = points.clone().requires_grad_(True)
+    logits = model(inputs)
+    margins = logits[:, :1] - logits[:, 1 : k + 1]
+    cotangents = torch.eye(k).view(k, 1, k).expand(k, points.shape[0], k)
+    torch.autograd.grad(margins, inputs, grad_outputs=cotangents, is_grads_batched=True)
+
+
+def _seconds(run: Callable[..., object], *args: object) -> float:
+    start = time.perf_counter()
+    run(*args)
+    return time.perf_counter() - start
+
+
+def compare_with_art(model: nn.Module, x: Tensor, sizes: list[tuple[int, int]], radius: float = 2.0) -> None:
+    """``clever_score`` (all classes, samples clipped to [-1, 1]) vs. ART's ``clever_u`` on the same images, l_2."""
+    try:
+        import art.metrics.metrics as art_metrics
+        from art.estimators.classification import PyTorchClassifier
+    except ImportError:
+        print("\nCLEVER vs. ART skipped: pip install adversarial-robustness-toolbox (in the test extra)")
+        return
+    classifier = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                                   nb_classes=10, clip_values=(-1.0, 1.0), device_type="cpu")
+    print(f"\nCLEVER l2 (R={radius:g}, all 9 other classes) vs. ART clever_u on {x.shape[0]} images; gradients are "
+          "per image and class (ART: two class gradients per pool sample); an ART score near 0 is its fit diverging")
+    print(f"{'N_b x N_s':<11}{'ART s':>9}{'ours s':>9}{'ART/ours':>10}{'pool10 s':>10}{'ART/pool10':>11}"
+          f"{'grads ART':>11}{'ours':>8}{'pool10':>8}  scores: ours/ART (pool10)")
+    for num_batches, batch_size in sizes:
+        np.random.seed(0)
+        start = time.perf_counter()
+        art_scores = [art_metrics.clever_u(classifier, image.numpy(), num_batches, batch_size, radius, 2,
+                                           verbose=False) for image in x]
+        art_seconds = (time.perf_counter() - start) / x.shape[0]
+        ours, seconds = {}, {}
+        for name, pool_factor in (("fresh", None), ("pool", 10)):
+            start = time.perf_counter()
+            ours[name] = clever_score(model, x, norm="l2", radius=radius, num_batches=num_batches,
+                                      batch_size=batch_size, input_range=(-1.0, 1.0), pool_factor=pool_factor,
+                                      generator=torch.Generator().manual_seed(0)).tolist()
+            seconds[name] = (time.perf_counter() - start) / x.shape[0]
+        ratios = " ".join(f"{o:.4f}/{a:.4f}({p:.4f})" for o, p, a in zip(ours["fresh"], ours["pool"], art_scores,
+                                                                          strict=True))
+        print(f"{f'{num_batches}x{batch_size}':<11}{art_seconds:>9.2f}{seconds['fresh']:>9.2f}"
+              f"{art_seconds / seconds['fresh']:>9.2f}x{seconds['pool']:>10.2f}{art_seconds / seconds['pool']:>10.2f}x"
+              f"{2 * 10 * batch_size:>11}{num_batches * batch_size:>8}{10 * batch_size:>8}  {ratios}")
 
 
 if __name__ == "__main__":

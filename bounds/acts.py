@@ -151,10 +151,12 @@ def acts_score(
         ``[B]`` ACTS scores.
 
     Raises:
-        ValueError: On malformed inputs, unknown attack names, or missing attack parameters.
+        ValueError: On malformed inputs, unknown attack names, or missing attack parameters; on an input, attack
+            steps or model output that are not finite (NaN or inf), which would otherwise score ``C``.
     """
     if x.dim() < 2:
         raise ValueError(f"x must be batched with shape [B, ...], got shape {tuple(x.shape)}")
+    _check_finite(x, "x")
     with evaluation_mode(model), torch.inference_mode(False):
         x = x.detach().clone()
         if isinstance(attack, str):
@@ -167,9 +169,20 @@ def acts_score(
             raise ValueError(f"attack must be 'fgsm', 'bim', 'pgd', an AttackResult or a steps tensor, got {attack!r}")
         if increments.dim() != x.dim() + 1 or increments.shape[1:] != x.shape:
             raise ValueError(f"attack steps must have shape [T, *{tuple(x.shape)}], got {tuple(increments.shape)}")
+        _check_finite(increments, "attack steps")
         direction = mean_unit_direction(increments.detach().to(x.dtype)).clone()
         losses, speeds = loss_and_speeds(model, x, direction)
+    # a NaN loss or speed would fail every comparison of Eq. 2 and silently score C, the most robust score
+    _check_finite(losses, "the model's per-class losses at x")
+    _check_finite(speeds, "the model's speeds at x")
     return acts_from_speeds(losses.detach(), speeds.detach(), top_k=top_k, C=C)
+
+
+def _check_finite(values: Tensor, name: str) -> None:
+    """Raise ``ValueError`` naming ``values`` if it holds NaN or inf."""
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        raise ValueError(f"{name} must be finite (found NaN or inf at {int((~finite).sum())} entries)")
 
 
 def _run_attack(

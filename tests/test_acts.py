@@ -114,6 +114,31 @@ def test_torchvision_resnet_under_inference_mode_restores_state() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input_steps_or_output_are_rejected(bad: float) -> None:
+    """A NaN used to fail every comparison of Eq. 2 and score C = 1000, the most robust score."""
+    torch.manual_seed(0)
+    model = build_model("fc100", (1, 4, 4), 3)
+    x = torch.rand(3, 1, 4, 4) * 2 - 1
+    steps = torch.randn(2, 3, 1, 4, 4)
+    poisoned = x.clone()
+    poisoned[1, 0, 2, 2] = bad
+    for attack in ("fgsm", "pgd", steps):
+        with pytest.raises(ValueError, match=r"x must be finite \(found NaN or inf at 1 entries\)"):
+            acts_score(model, poisoned, attack=attack, eps=0.1)
+    bad_steps = steps.clone()
+    bad_steps[0, 2, 0, 1, 1] = bad
+    with pytest.raises(ValueError, match="attack steps must be finite"):
+        acts_score(model, x, attack=bad_steps)
+
+    class Broken(nn.Module):
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            return model(inputs) * torch.tensor([1.0, bad, 1.0])
+
+    with pytest.raises(ValueError, match="must be finite"):
+        acts_score(Broken(), x, attack=steps)
+
+
 def _trained_and_gate() -> nn.Module:
     torch.manual_seed(1)
     model = build_model("and_gate", (2,), 2)
