@@ -62,6 +62,7 @@ class Node:
         name: The operator as the model calls it, for messages.
         source: ``file:line`` of the call, where tracing knows it.
         release: Node values no longer needed after this node (freed during the pass).
+        flat: No keyword arguments and no references nested in containers (the pass resolves them quickly).
     """
 
     kind: str
@@ -74,6 +75,7 @@ class Node:
     name: str = ""
     source: str = ""
     release: tuple[int, ...] = ()
+    flat: bool = False
 
 
 @dataclass
@@ -111,10 +113,30 @@ class _Tracer(fx.Tracer):
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], BoundGraph]]" = weakref.WeakKeyDictionary()
 
 
-def _signature(model: nn.Module) -> tuple[Any, ...]:
-    """What a cached graph depends on: every module's identity, type, mode, hooks and instance ``forward``."""
-    return tuple((id(m), type(m), m.training, bool(m._forward_hooks or m._forward_pre_hooks), "forward" in m.__dict__)
-                 for m in model.modules())
+class _RootState:
+    """The traced model's state, compared through a weak reference (so the cache never keeps the model alive)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = weakref.ref(model)
+        self.state = _state(model)
+
+
+def _state(module: nn.Module) -> tuple[Any, ...]:
+    """What a cached graph depends on in one module: its children, mode, hooks and instance ``forward``."""
+    return (tuple(map(id, module._modules.values())), module.training,
+            bool(module._forward_hooks or module._forward_pre_hooks), "forward" in module.__dict__)
+
+
+def _unchanged(signature: tuple[Any, ...]) -> bool:
+    """Whether every module of a traced tree still has the children, mode and hooks it had (a flat loop)."""
+    root, *children = signature
+    model = root.model()
+    if model is None or _state(model) != root.state:
+        return False
+    for module, state in children:
+        if _state(module) != state:
+            return False
+    return True
 
 
 def bound_graph(model: nn.Module) -> BoundGraph:
@@ -124,9 +146,8 @@ def bound_graph(model: nn.Module) -> BoundGraph:
         UnsupportedLayerError: For an operator without a rule, a module whose behaviour differs from its type's
             (hooks, a replaced ``forward``), or a forward that tracing cannot follow.
     """
-    key = _signature(model)
     cached = _CACHE.get(model)
-    if cached is not None and cached[0] == key:
+    if cached is not None and _unchanged(cached[0]):
         return cached[1]
     modules = dict(model.named_modules(remove_duplicate=False))
     for path, module in modules.items():
@@ -135,7 +156,9 @@ def bound_graph(model: nn.Module) -> BoundGraph:
             raise UnsupportedLayerError(type(module).__name__, path, reason)
     graph = _trace(model, modules)
     graph.modules = {path: module for path, module in modules.items() if path}
-    _CACHE[model] = (key, graph)
+    # The root's own state is kept by value only (the entry must not reference its key).
+    signature = tuple((module, _state(module)) for module in modules.values() if module is not model)
+    _CACHE[model] = ((_RootState(model), *signature), graph)
     return graph
 
 
@@ -276,6 +299,8 @@ def _convert(graph: fx.Graph, model: nn.Module, modules: dict[str, nn.Module]) -
         nodes.append(node)
         dependent.append(is_dependent)
     assert output is not None
+    for node in nodes:
+        node.flat = not _refs_in(node.kwargs) and all(type(a) is Ref or not _refs_in(a) for a in node.args)
     _set_releases(nodes, output)
     return BoundGraph(nodes, output)
 
@@ -386,7 +411,11 @@ def run_graph(model: nn.Module, lower: Tensor, upper: Tensor,
         elif node.kind == "attribute":
             values[position] = _attribute(model, node.target)
         else:
-            args, kwargs = _resolve(node.args, values), _resolve(node.kwargs, values)
+            if node.flat:
+                args = tuple(values[a.index] if type(a) is Ref else a for a in node.args)
+                kwargs = node.kwargs
+            else:
+                args, kwargs = _resolve(node.args, values), _resolve(node.kwargs, values)
             module = graph.module(model, node.target) if node.call == "module" else None
             if node.kind == "fold":
                 values[position] = _fold(node, args, kwargs, module)
