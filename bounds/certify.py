@@ -192,8 +192,8 @@ def certify(
     in the signature for randomised options and never touches the global RNG.
 
     Args:
-        model: Maps inputs to logits ``(B, K)``; a nested ``nn.Sequential`` of layers that
-            :func:`~bounds.interval.interval_bounds` supports.
+        model: Maps inputs to logits ``(B, K)``; any model whose forward traces into operators the bound engine
+            supports (:mod:`bounds.engine`; ``method="crown"`` needs a chain of layers).
         x: Inputs ``(B, ...)``.
         y: Labels ``(B,)``, integers in ``[0, K)``.
         kind: ``"asymmetric"``, ``"nonuniform"`` or ``"uniform"``.

@@ -1,4 +1,8 @@
-"""Linear-relaxation (CROWN) bounds of the margin specification through ``nn.Sequential`` models.
+"""Linear-relaxation (CROWN) bounds of the margin specification through models that trace into a chain of layers.
+
+The model is traced by the bound engine and turned into a chain of layers (:func:`bounds.engine.chain.crown_chain`:
+``F.relu`` becomes ``nn.ReLU``, ``x.view(B, -1)`` a ``Flatten``, ...); a graph that branches (residual additions,
+concatenations) is refused by name until CROWN runs over graphs.
 
 CROWN (Zhang et al., NeurIPS 2018, "Efficient Neural Network Robustness Certification with General
 Activation Functions", Theorem 3.2) bounds a linear function ``C f(x)`` of the outputs over an input box by
@@ -348,8 +352,8 @@ def linear_margin_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tens
     closed form ``A_j . x + b_j - [A_j]_+ . e1 - [A_j]_- . e2`` (:meth:`LinearMarginBound.margins`).
 
     Args:
-        model: A (nested) ``nn.Sequential`` of supported layers (those of
-            :func:`~bounds.interval.interval_bounds`), in eval mode, mapping inputs to logits ``(B, K)``.
+        model: A model whose traced graph is a chain of layers CROWN supports (see the module docstring), in eval
+            mode, mapping inputs to logits ``(B, K)``.
         lower: Lower ends of the box ``(B, ...)``.
         upper: Upper ends, same shape.
         y: Labels ``(B,)``.
@@ -395,7 +399,8 @@ def crown_margin_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tenso
     (computed from the CROWN-tightened intermediate bounds, hence at least as tight as plain IBP).
 
     Args:
-        model: A (nested) ``nn.Sequential`` of supported layers in eval mode, mapping inputs to logits.
+        model: A model whose traced graph is a chain of layers CROWN supports, in eval mode, mapping inputs to
+            logits.
         lower: Lower ends of the box ``(B, ...)``.
         upper: Upper ends, same shape.
         y: Labels ``(B,)``.

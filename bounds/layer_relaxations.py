@@ -8,6 +8,8 @@ For a nonlinear layer with input bounds ``l <= z <= u`` (CROWN, Zhang et al. Neu
 - ``Sigmoid`` / ``Tanh``: two parallel lines of slope ``s = min(sigma'(l), sigma'(u))`` (the minimum of the
   unimodal derivative on ``[l, u]``), through ``(l, sigma(l))`` below and ``(u, sigma(u))`` above: sound because
   ``sigma(z) - s z`` is nondecreasing on ``[l, u]``, and never looser than the interval.
+- ``ELU``, ``Softplus``, ``Hardtanh``, ``ReLU6``, ``GELU``, ``SiLU``: two lines parallel to the chord, placed by a grid
+  search widened by a Lipschitz margin (:func:`chord_relaxation`), sound whatever the function's convexity.
 - ``MaxPool2d``: below, the window entry with the largest lower bound (``max >= x_k``); above, the constant
   ``max_i u_i``, or the entry itself where it provably dominates the window (``l_k >= u_i`` for all ``i != k``,
   non-overlapping windows), where the relaxation is exact.

@@ -31,7 +31,8 @@ class Identity(Operator):
 class Dropout(Operator):
     title = "Dropout (eval mode)"
 
-    def interval(self, call: Call) -> Box:
+    def check_eval(self, call: Call) -> None:
+        """Raise ``ValueError`` for dropout that is active (train mode with ``p > 0``)."""
         if call.module is not None:
             training, p = call.module.training, call.module.p
         else:
@@ -40,10 +41,13 @@ class Dropout(Operator):
         if training and p > 0:
             raise ValueError(f"Dropout at '{call.path}' is in train mode; bounds need eval mode. "
                              "Use bounds.modes.evaluation_mode(model).")
+
+    def interval(self, call: Call) -> Box:
+        self.check_eval(call)
         return call.box()
 
     def crown_layers(self, call: Call) -> list[nn.Module] | None:
-        self.interval(call)
+        self.check_eval(call)
         return [nn.Identity()]
 
 
@@ -116,12 +120,17 @@ class Index(Operator):
 
     def interval(self, call: Call) -> Box:
         index = call.args[1]
+        if _boxes_in(index):
+            raise call.unsupported("an index that depends on the input")
         return call.box().map_same(lambda t: t[index])
 
 
-def shape_query(call: Call, query: Any) -> Any:
-    """The value of a shape, dtype or device query on the bounded tensor (never input-dependent)."""
-    return query(call.box().like())
+def _boxes_in(value: Any) -> bool:
+    if isinstance(value, Box):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_boxes_in(item) for item in value)
+    return False
 
 
 SHAPE_METHODS = ("size", "dim")
