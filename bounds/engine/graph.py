@@ -388,6 +388,31 @@ def _shape(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return getattr(like, args[1])
 
 
+def _evaluate(graph: BoundGraph, model: nn.Module, node: Node, values: list[Any],
+              visit: Callable[[Node, Call, Box], None] | None) -> Any:
+    """The value of one call node.
+
+    A function of its own, so that its arguments (boxes whose last use this is) are dropped when it returns and the
+    pass never holds two layers' intermediate tensors longer than needed.
+    """
+    if node.flat:
+        args = tuple(values[a.index] if type(a) is Ref else a for a in node.args)
+        kwargs = node.kwargs
+    else:
+        args, kwargs = _resolve(node.args, values), _resolve(node.kwargs, values)
+    module = graph.module(model, node.target) if node.call == "module" else None
+    if node.kind == "fold":
+        return _fold(node, args, kwargs, module)
+    if node.kind == "shape":
+        return _shape(node, args, kwargs)
+    assert node.operator is not None
+    call = Call(args, kwargs, module, node.path, node.name, node.source)
+    value = node.operator.interval(call)
+    if visit is not None:
+        visit(node, call, value)
+    return value
+
+
 def run_graph(model: nn.Module, lower: Tensor, upper: Tensor,
               visit: Callable[[Node, Call, Box], None] | None = None) -> Box:
     """The forward interval pass: every node's rule in topological order, from the input box to the output box.
@@ -411,22 +436,7 @@ def run_graph(model: nn.Module, lower: Tensor, upper: Tensor,
         elif node.kind == "attribute":
             values[position] = _attribute(model, node.target)
         else:
-            if node.flat:
-                args = tuple(values[a.index] if type(a) is Ref else a for a in node.args)
-                kwargs = node.kwargs
-            else:
-                args, kwargs = _resolve(node.args, values), _resolve(node.kwargs, values)
-            module = graph.module(model, node.target) if node.call == "module" else None
-            if node.kind == "fold":
-                values[position] = _fold(node, args, kwargs, module)
-            elif node.kind == "shape":
-                values[position] = _shape(node, args, kwargs)
-            else:
-                assert node.operator is not None
-                call = Call(args, kwargs, module, node.path, node.name, node.source)
-                values[position] = node.operator.interval(call)
-                if visit is not None:
-                    visit(node, call, values[position])
+            values[position] = _evaluate(graph, model, node, values, visit)
         for ref in node.release:
             values[ref] = None
     result = values[graph.output.index]
