@@ -193,7 +193,7 @@ def certify(
 
     Args:
         model: Maps inputs to logits ``(B, K)``; any model whose forward traces into operators the bound engine
-            supports (:mod:`bounds.engine`; ``method="crown"`` needs a chain of layers).
+            supports (:mod:`bounds.engine`; CROWN of branching graphs uses interval intermediate bounds).
         x: Inputs ``(B, ...)``.
         y: Labels ``(B,)``, integers in ``[0, K)``.
         kind: ``"asymmetric"``, ``"nonuniform"`` or ``"uniform"``.

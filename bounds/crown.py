@@ -1,8 +1,9 @@
 """Linear-relaxation (CROWN) bounds of the margin specification through models that trace into a chain of layers.
 
 The model is traced by the bound engine and turned into a chain of layers (:func:`bounds.engine.chain.crown_chain`:
-``F.relu`` becomes ``nn.ReLU``, ``x.view(B, -1)`` a ``Flatten``, ...); a graph that branches (residual additions,
-concatenations) is refused by name until CROWN runs over graphs.
+``F.relu`` becomes ``nn.ReLU``, ``x.view(B, -1)`` a ``Flatten``, ...); any other graph (residual additions,
+concatenations, arithmetic with constants) is back-substituted node by node by :mod:`bounds.crown_graph`, with
+interval intermediate bounds.
 
 CROWN (Zhang et al., NeurIPS 2018, "Efficient Neural Network Robustness Certification with General
 Activation Functions", Theorem 3.2) bounds a linear function ``C f(x)`` of the outputs over an input box by
@@ -43,7 +44,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from bounds.crown_patches import patch_bounds, patches_apply
-from bounds.engine.chain import crown_chain, layer_interval
+from bounds.engine.chain import NotAChainError, crown_chain, layer_interval
 from bounds.errors import UnsupportedLayerError
 from bounds.interval import check_model_input, validate_box
 from bounds.layer_relaxations import (
@@ -352,8 +353,8 @@ def linear_margin_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tens
     closed form ``A_j . x + b_j - [A_j]_+ . e1 - [A_j]_- . e2`` (:meth:`LinearMarginBound.margins`).
 
     Args:
-        model: A model whose traced graph is a chain of layers CROWN supports (see the module docstring), in eval
-            mode, mapping inputs to logits ``(B, K)``.
+        model: Any model the bound engine traces (see the module docstring), in eval mode, mapping inputs to
+            logits ``(B, K)``.
         lower: Lower ends of the box ``(B, ...)``.
         upper: Upper ends, same shape.
         y: Labels ``(B,)``.
@@ -367,7 +368,10 @@ def linear_margin_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tens
         UnsupportedLayerError: For a layer neither IBP nor CROWN supports.
         ValueError: For bad boxes, labels, a train-mode BatchNorm/Dropout or an unknown ``intermediate``.
     """
-    layers, shapes, relaxations, _, _ = _build(model, lower, upper, intermediate)
+    try:
+        layers, shapes, relaxations, _, _ = _build(model, lower, upper, intermediate)
+    except NotAChainError:
+        return _graph_margin_bound(model, lower, upper, y)[0]
     return _final_linear(layers, shapes, relaxations, lower, upper, y)
 
 
@@ -381,13 +385,41 @@ def _final_linear(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, .
     spec, others = _margin_spec(y, classes, lower.dtype)
     zero = torch.zeros(batch, classes - 1, dtype=lower.dtype, device=lower.device)
     coeffs, offset = _backward(layers, shapes, relaxations, spec, zero, len(layers))
+    return _margin_bound(coeffs, offset, others, lower, upper)
+
+
+def _margin_bound(coeffs: Tensor, offset: Tensor, others: Tensor, lower: Tensor, upper: Tensor) -> LinearMarginBound:
+    """The :class:`LinearMarginBound` of the back-substituted rows of the other classes ``(B, K-1, ...)``."""
+    batch, classes = lower.shape[0], others.shape[1] + 1
+    shape = tuple(lower.shape[1:])
     coeffs = coeffs.expand(batch, *coeffs.shape[1:])
-    full_coeffs = torch.zeros(batch, classes, *shapes[0], dtype=lower.dtype, device=lower.device)
-    full_coeffs = full_coeffs.scatter(1, others.view(batch, classes - 1, *([1] * len(shapes[0]))).expand_as(coeffs),
+    full_coeffs = torch.zeros(batch, classes, *shape, dtype=lower.dtype, device=lower.device)
+    full_coeffs = full_coeffs.scatter(1, others.view(batch, classes - 1, *([1] * len(shape))).expand_as(coeffs),
                                       coeffs)
     full_offset = torch.full((batch, classes), torch.inf, dtype=lower.dtype, device=lower.device)
     full_offset = full_offset.scatter(1, others, offset.expand(batch, -1))
     return LinearMarginBound(full_coeffs, full_offset, lower, upper)
+
+
+def _graph_margin_bound(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor
+                        ) -> tuple[LinearMarginBound, Tensor, Tensor]:
+    """CROWN of a branching graph (:mod:`bounds.crown_graph`): the margin bound and the output's interval bounds."""
+    from bounds.crown_graph import graph_back_substitution  # it imports this module
+
+    y = y.to(lower.device)
+    found: dict[str, Tensor] = {}
+
+    def specification(output: "object") -> Tensor:
+        shape = output.shape  # type: ignore[attr-defined]
+        if len(shape) != 2:
+            raise ValueError(f"the model must output logits (B, K), got per-example shape {tuple(shape[1:])}")
+        validate_labels(y, lower.shape[0], shape[1])
+        spec, found["others"] = _margin_spec(y, shape[1], lower.dtype)
+        return spec
+
+    coeffs, offset, output = graph_back_substitution(model, lower, upper, specification)
+    out_l, out_u = output.ends()
+    return _margin_bound(coeffs, offset, found["others"], lower, upper), out_l, out_u
 
 
 def crown_margin_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor, *,
@@ -399,8 +431,8 @@ def crown_margin_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tenso
     (computed from the CROWN-tightened intermediate bounds, hence at least as tight as plain IBP).
 
     Args:
-        model: A model whose traced graph is a chain of layers CROWN supports, in eval mode, mapping inputs to
-            logits.
+        model: Any model the bound engine traces, in eval mode, mapping inputs to logits (chains get full CROWN,
+            other graphs :mod:`bounds.crown_graph` with interval intermediate bounds).
         lower: Lower ends of the box ``(B, ...)``.
         upper: Upper ends, same shape.
         y: Labels ``(B,)``.
@@ -420,7 +452,10 @@ def crown_margin_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tenso
         >>> crown_margin_bounds(layer, torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([0]))
         tensor([[inf, -1.]])
     """
-    layers, shapes, relaxations, out_l, out_u = _build(model, lower, upper, intermediate)
-    linear = _final_linear(layers, shapes, relaxations, lower, upper, y)
+    try:
+        layers, shapes, relaxations, out_l, out_u = _build(model, lower, upper, intermediate)
+        linear = _final_linear(layers, shapes, relaxations, lower, upper, y)
+    except NotAChainError:
+        linear, out_l, out_u = _graph_margin_bound(model, lower, upper, y)
     crown = linear.margins(lower, upper)
     return torch.maximum(crown, margins_from_bounds(out_l, out_u, y.to(lower.device)))

@@ -69,7 +69,7 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
 
     **Network**: ``model_attribute`` if given, else ``pl_module.model`` if it is an ``nn.Module``, else
     ``pl_module``. Its forward must trace into operators the bound engine supports (:mod:`bounds.engine`:
-    custom forwards, functional calls and residual connections are fine; ``method="crown"`` needs a chain);
+    custom forwards, functional calls and residual connections are fine, with either method);
     otherwise one warning names the operator, its path and source line, and the callback does nothing for the
     rest of the run (training goes on). Any error raised while certifying is turned into a warning too, and the
     callback stops.

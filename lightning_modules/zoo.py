@@ -10,7 +10,7 @@ Architectures (Amoeba appendix, Tables 6 and 7; Section 4.1; ACTS Section 4.1):
 - ``resnet_small``: a CIFAR-style ResNet (He et al. 2016, Section 4.2) for ``(C, H, W)`` images: a 3x3 stem of 16
   channels with BatchNorm and ReLU, two basic residual blocks (16 channels; 32 channels with stride 2 and a 1x1
   projection shortcut), global average pooling and a linear layer. It is an ordinary ``nn.Module`` with its own
-  ``forward`` (residual additions): interval propagation bounds it; CROWN does not yet (branching graph).
+  ``forward`` (residual additions), bounded by interval propagation and by CROWN over its graph.
 """
 
 from collections.abc import Sequence

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import bounds.engine.graph as graph_module
+from bounds.analysis import geometric_mean_width
 from bounds.certify import certify
-from bounds.crown import crown_margin_bounds
+from bounds.crown import crown_margin_bounds, linear_margin_bounds
 from bounds.engine import supported_operators
 from bounds.errors import UnsupportedLayerError
 from bounds.interval import check_supported, interval_bounds
@@ -354,8 +355,33 @@ def test_resnet_certificates_survive_attacks(kind, trained):
     margins = margin_lower_bounds(model, x - cert.eps_lower, x + cert.eps_upper, y)
     assert bool((margins.min(1).values >= 1e-4).all())
     assert_label_constant(model, x - cert.eps_lower, x + cert.eps_upper, y, pgd_steps=20, num_samples=32)
-    with pytest.raises(UnsupportedLayerError, match="joins branches"):
-        certify(model, x, y, kind=kind, method="crown")
+    crown = certify(model, x, y, kind=kind, method="crown", input_range=(0.0, 1.0), iterations=10, crown_rounds=2)
+    assert bool(crown.certified.all())
+    margins = crown_margin_bounds(model, x - crown.eps_lower, x + crown.eps_upper, y)
+    assert bool((margins.min(1).values >= 1e-4).all())
+    assert bool((geometric_mean_width(crown) >= geometric_mean_width(cert) * (1 - 1e-6)).all())
+    assert_label_constant(model, x - crown.eps_lower, x + crown.eps_upper, y, pgd_steps=20, num_samples=32)
+
+
+@pytest.mark.parametrize("name", ["residual_add", "cat", "scalar_arithmetic", "adaptive_and_mean"])
+def test_graph_crown_encloses_samples_and_is_never_looser_than_ibp(name):
+    torch.manual_seed(0)
+    model = OPERATOR_MODELS[name]().eval()
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(1)
+    for radius in (0.05, 0.5):
+        lower, upper = x - radius, x + radius
+        crown = crown_margin_bounds(model, lower, upper, y)
+        assert bool((crown >= margin_lower_bounds(model, lower, upper, y) - 1e-6).all())
+        linear = linear_margin_bounds(model, lower, upper, y)
+        with torch.no_grad():
+            for p in sample_box(lower, upper, 512, 512):
+                logits = model(p)
+                gaps = logits.gather(1, y.view(-1, 1)) - logits
+                finite = torch.isfinite(crown)
+                assert bool((gaps[finite] >= crown[finite] - 1e-5).all())
+                plane = (linear.coefficients * p.unsqueeze(1)).flatten(2).sum(2) + linear.offset
+                assert bool((gaps[finite] >= plane[finite] - 1e-5).all())
 
 
 def test_torchvision_resnet18_is_certified_soundly():

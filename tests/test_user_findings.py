@@ -68,13 +68,17 @@ def test_sequential_subclass_with_own_forward_is_bounded_as_its_forward(block, k
 
 
 @pytest.mark.parametrize("block", [ResidualSeq, Scaled])
-def test_crown_refuses_what_it_cannot_bound_yet_by_name(block):
+def test_crown_certifies_the_issue_models_soundly(block):
     model = issue_model(block)
-    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    with pytest.raises(UnsupportedLayerError) as info:
-        certify(model, x, model(x).argmax(1), kind="uniform", method="crown")
-    assert info.value.path == "1" and "method='ibp'" in str(info.value)
-    assert "test_user_findings.py" in info.value.source
+    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y = model(x).argmax(1)
+    ibp = certify(model, x, y, kind="asymmetric", iterations=20)
+    crown = certify(model, x, y, kind="asymmetric", method="crown", iterations=20, crown_rounds=2)
+    assert bool((crown.certified >= ibp.certified).all())
+    margins = crown_margin_bounds(model, (x - crown.eps_lower)[crown.certified],
+                                  (x + crown.eps_upper)[crown.certified], y[crown.certified])
+    assert bool((margins.min(1).values >= 1e-4).all())
+    assert_label_constant(model, x - crown.eps_lower, x + crown.eps_upper, y, mask=crown.certified)
 
 
 def test_sequential_subclass_keeping_forward_is_bounded_like_sequential():
@@ -105,9 +109,13 @@ def test_layer_subclass_is_traced_not_bounded_as_its_base_class():
     lower, upper = -torch.ones(3, 2), torch.ones(3, 2)
     out_l, out_u = interval_bounds(model, lower, upper)
     assert_encloses(model, lower, upper, out_l, out_u, sample_box(lower, upper, 256, 256))
-    with pytest.raises(UnsupportedLayerError) as info:  # CROWN has no rule for the negation yet
-        crown_margin_bounds(model, lower, upper, torch.tensor([0, 1, 0]))
-    assert info.value.path == "1"
+    y = torch.tensor([0, 1, 0])
+    crown = crown_margin_bounds(model, lower, upper, y)  # through the graph back-substitution (negation)
+    with torch.no_grad():
+        for p in sample_box(lower, upper, 256, 256):
+            logits = model(p)
+            gaps = logits.gather(1, y.view(-1, 1)) - logits
+            assert bool((gaps[torch.isfinite(crown)] >= crown[torch.isfinite(crown)] - 1e-5).all())
     with pytest.raises(UnsupportedLayerError, match="MyReLU"):
         relax_layer(MyReLU(), -torch.ones(1, 2), torch.ones(1, 2))
     with pytest.raises(UnsupportedLayerError, match="Softmax"):

@@ -55,6 +55,7 @@ def _add_call(call: Call, sign: float) -> Box:
 @register(functions=(operator.add, operator.iadd, torch.add), methods=("add",))
 class Add(Operator):
     title = "a + b (residual connections), torch.add"
+    crown_in_graphs = True
 
     def interval(self, call: Call) -> Box:
         return _add_call(call, 1.0)
@@ -63,6 +64,7 @@ class Add(Operator):
 @register(functions=(operator.sub, operator.isub, torch.sub), methods=("sub",))
 class Subtract(Operator):
     title = "a - b, torch.sub"
+    crown_in_graphs = True
 
     def interval(self, call: Call) -> Box:
         return _add_call(call, -1.0)
@@ -71,6 +73,7 @@ class Subtract(Operator):
 @register(functions=(operator.mul, operator.imul, torch.mul), methods=("mul",))
 class Multiply(Operator):
     title = "multiplication by a constant"
+    crown_in_graphs = True
 
     def interval(self, call: Call) -> Box:
         if call.kwargs or len(call.args) != 2:
@@ -86,6 +89,7 @@ class Multiply(Operator):
 @register(functions=(operator.truediv, operator.itruediv, torch.div), methods=("div",))
 class Divide(Operator):
     title = "division by a constant"
+    crown_in_graphs = True
 
     def interval(self, call: Call) -> Box:
         if call.kwargs or len(call.args) != 2:
@@ -99,6 +103,7 @@ class Divide(Operator):
 @register(functions=(operator.neg, torch.neg), methods=("neg",))
 class Negate(Operator):
     title = "-x, torch.neg"
+    crown_in_graphs = True
 
     def interval(self, call: Call) -> Box:
         mid, rad = call.box().centre_radius()

@@ -1,10 +1,10 @@
 """The model as a chain of layers for CROWN, and interval bounds of one layer.
 
-CROWN's back-substitution (:mod:`bounds.crown`) works on a chain: every layer reads the output of the one before.
-:func:`crown_chain` runs the graph's interval pass once and collects each operator's CROWN layers
+CROWN's optimised back-substitution (:mod:`bounds.crown`) works on a chain: every layer reads the output of the one
+before. :func:`crown_chain` runs the graph's interval pass once and collects each operator's CROWN layers
 (:meth:`~bounds.engine.registry.Operator.crown_layers`, e.g. ``F.relu`` becomes ``nn.ReLU()``, ``x.view(B, -1)``
-becomes ``nn.Flatten()``). A node that joins branches (a residual ``add``, a ``cat``) or an operator without a
-CROWN rule raises :class:`~bounds.errors.UnsupportedLayerError`; interval propagation still supports them.
+becomes ``nn.Flatten()``). A node that joins branches (a residual ``add``, a ``cat``) or an operator without chain
+layers raises :class:`NotAChainError`, and :mod:`bounds.crown_graph` back-substitutes through the graph instead.
 """
 
 from typing import Any
@@ -28,11 +28,19 @@ def _boxes(value: Any) -> list[Box]:
     return []
 
 
+class NotAChainError(UnsupportedLayerError):
+    """The traced graph is not a chain of CROWN layers.
+
+    It branches (a residual addition, a concatenation) or has an operator without chain layers (arithmetic with
+    constants, general reshapes); :mod:`bounds.crown_graph` bounds those.
+    """
+
+
 def crown_chain(model: nn.Module, lower: Tensor, upper: Tensor) -> list[tuple[str, nn.Module]]:
     """``(path, layer)`` of the chain of layers equivalent to ``model`` on boxes shaped like ``lower``.
 
     Raises:
-        UnsupportedLayerError: For a branching graph or an operator that CROWN does not support yet.
+        NotAChainError: For a graph that is not a chain of CROWN layers (:mod:`bounds.crown_graph` bounds those).
     """
     layers: list[tuple[str, nn.Module]] = []
     produced: set[int] = set()
@@ -43,13 +51,13 @@ def crown_chain(model: nn.Module, lower: Tensor, upper: Tensor) -> list[tuple[st
         chained = len(inputs) == 1 and (inputs[0] is previous[0] if previous[0] is not None
                                         else id(inputs[0]) not in produced)
         if not chained:
-            raise call.unsupported("CROWN (method='crown') bounds chains of layers only, and this node joins "
-                                   "branches; interval propagation (method='ibp') supports it")
+            raise NotAChainError(call.name, call.path, "the graph branches here (CROWN over the layer chain "
+                                      "does not apply)", call.source)
         assert node.operator is not None
         chain = node.operator.crown_layers(call)
         if chain is None:
-            raise call.unsupported("CROWN (method='crown') has no rule for it yet; interval propagation "
-                                   "(method='ibp') supports it")
+            raise NotAChainError(call.name, call.path, "no chain layers (the graph back-substitution applies)",
+                                 call.source)
         layers.extend((node.path, layer) for layer in chain)
         produced.add(id(out))
         previous[0] = out

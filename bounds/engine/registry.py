@@ -58,6 +58,8 @@ class Operator:
 
     #: Name shown in the README's operator list and in messages.
     title: str = ""
+    #: Whether :mod:`bounds.crown_graph` back-substitutes through it without chain layers (sums, constants, ...).
+    crown_in_graphs: bool = False
 
     def interval(self, call: Call) -> Box:
         """Bound the operator's output over the input boxes of ``call``."""
@@ -130,7 +132,8 @@ def supported_operators() -> list[tuple[str, tuple[str, ...], bool]]:
 
     ``crown`` tells whether CROWN (``method="crown"``) supports the operator in a chain of layers.
     """
-    return [(op.title, names, type(op).crown_layers is not Operator.crown_layers) for op, names in _ORDER]
+    return [(op.title, names, op.crown_in_graphs or type(op).crown_layers is not Operator.crown_layers)
+            for op, names in _ORDER]
 
 
 def parameters(call: Call, names: tuple[tuple[str, Any], ...]) -> dict[str, Any]:

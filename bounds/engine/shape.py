@@ -83,6 +83,7 @@ def _target_shape(call: Call) -> tuple[Any, ...]:
 @register(functions=(torch.reshape,), methods=("view", "reshape"))
 class Reshape(Operator):
     title = "Tensor.view, Tensor.reshape, torch.reshape"
+    crown_in_graphs = True
 
     def interval(self, call: Call) -> Box:
         shape = _target_shape(call)
@@ -106,6 +107,7 @@ def _per_example_size(call: Call) -> int:
 @register(functions=(torch.cat, torch.concat))
 class Concatenate(Operator):
     title = "torch.cat"
+    crown_in_graphs = True
 
     def interval(self, call: Call) -> Box:
         parts = call.args[0]
