@@ -394,6 +394,11 @@ def test_torchvision_resnet18_is_certified_soundly():
         cert = certify(model, x, y, kind=kind, input_range=(0.0, 1.0), iterations=5)
         assert bool(cert.certified.all())
         assert_label_constant(model, x - cert.eps_lower, x + cert.eps_upper, y, pgd_steps=10, num_samples=16)
+    crown = certify(model, x, y, kind="uniform", input_range=(0.0, 1.0), method="crown", crown_rounds=1)
+    assert bool(crown.certified.all())
+    uniform_ibp = certify(model, x, y, kind="uniform", input_range=(0.0, 1.0))
+    assert bool((crown.eps_lower.flatten(1)[:, 0] >= uniform_ibp.eps_lower.flatten(1)[:, 0] * (1 - 1e-6)).all())
+    assert_label_constant(model, x - crown.eps_lower, x + crown.eps_upper, y, pgd_steps=10, num_samples=16)
 
 
 def test_torchvision_vgg11_bn_interval_bounds_enclose_outputs():
