@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bounds.engine.arithmetic import Add, Divide, Multiply, Negate, Subtract
+from bounds.engine.arithmetic import Add, Multiply, Negate, Subtract
 from bounds.engine.box import Box
 from bounds.engine.chain import layer_interval
 from bounds.engine.graph import Node, run_graph
@@ -104,10 +104,8 @@ def _node_backward(node: Node, call: Call, out: Box, lam: Tensor) -> tuple[list[
             else:
                 extra = extra + _constant_term(lam, operand, out) * factor
         return parts, extra
-    if isinstance(operator, (Multiply, Divide)):
-        box = next(a for a in call.args if isinstance(a, Box))
-        constant = next(a for a in call.args if not isinstance(a, Box))
-        factor = constant if isinstance(operator, Multiply) else 1 / constant
+    if isinstance(operator, Multiply):  # and Divide, its subclass
+        box, factor = operator.scaling(call)
         if box.shape != out.shape:
             raise call.unsupported("CROWN needs the operand to have the output's shape (no broadcasting)")
         return [(box, lam * _per_specification(factor, out))], zero

@@ -70,34 +70,37 @@ class Subtract(Operator):
         return _add_call(call, -1.0)
 
 
+def _box_and_constant(call: Call, divide: bool) -> tuple[Box, Any]:
+    """``(box, factor)`` of ``box * c``, ``c * box`` or (``divide``) ``box / c``; refuses anything else."""
+    if call.kwargs or len(call.args) != 2:
+        raise call.unsupported("arguments other than (a, b)")
+    a, b = call.args
+    if isinstance(a, Box) and _is_constant(b):
+        return a, 1 / b if divide else b
+    if isinstance(b, Box) and _is_constant(a) and not divide:
+        return b, a
+    raise call.unsupported("division by an input-dependent value is not affine" if divide else
+                           "a product of two input-dependent values is not affine")
+
+
 @register(functions=(operator.mul, operator.imul, torch.mul), methods=("mul",))
 class Multiply(Operator):
     title = "multiplication by a constant"
     crown_in_graphs = True
+    divide = False
+
+    def scaling(self, call: Call) -> tuple[Box, Any]:
+        """The input box and the constant factor of this call."""
+        return _box_and_constant(call, self.divide)
 
     def interval(self, call: Call) -> Box:
-        if call.kwargs or len(call.args) != 2:
-            raise call.unsupported("arguments other than (a, b)")
-        a, b = call.args
-        if isinstance(a, Box) and _is_constant(b):
-            return _scale(a, b)
-        if isinstance(b, Box) and _is_constant(a):
-            return _scale(b, a)
-        raise call.unsupported("a product of two input-dependent values is not affine")
+        return _scale(*self.scaling(call))
 
 
 @register(functions=(operator.truediv, operator.itruediv, torch.div), methods=("div",))
-class Divide(Operator):
+class Divide(Multiply):
     title = "division by a constant"
-    crown_in_graphs = True
-
-    def interval(self, call: Call) -> Box:
-        if call.kwargs or len(call.args) != 2:
-            raise call.unsupported("arguments other than (a, b)")
-        a, b = call.args
-        if isinstance(a, Box) and _is_constant(b):
-            return _scale(a, 1 / b)
-        raise call.unsupported("division by an input-dependent value is not affine")
+    divide = True
 
 
 @register(functions=(operator.neg, torch.neg), methods=("neg",))
