@@ -291,6 +291,17 @@ def _only_unstable(layers: list[tuple[str, nn.Module]], i: int) -> bool:
     return True
 
 
+def check_crown_layer(layer: nn.Module, path: str) -> None:
+    """Raise :class:`~bounds.errors.UnsupportedLayerError` for layer settings CROWN's rules do not cover.
+
+    Used by the chain path here and by :mod:`bounds.crown_graph`.
+    """
+    if type(layer) is nn.Conv2d and layer.padding_mode != "zeros":
+        raise UnsupportedLayerError(f"Conv2d(padding_mode={layer.padding_mode!r}) for CROWN", path)
+    if type(layer) is nn.LeakyReLU and layer.negative_slope > 1:
+        raise UnsupportedLayerError(f"LeakyReLU(negative_slope={layer.negative_slope}) (concave) for CROWN", path)
+
+
 def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Intermediate
            ) -> tuple[list[tuple[str, nn.Module]], list[tuple[int, ...]], Relaxations, Tensor, Tensor]:
     """Walk the model forward: intermediate bounds (IBP, tightened by CROWN) and every layer's relaxation.
@@ -315,11 +326,8 @@ def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Interme
     # On a point (zero-width box) interval propagation is exact: nothing for CROWN to tighten.
     tighten = intermediate == "crown" and not bool((upper == lower).all())
     for i, (path, layer) in enumerate(layers):
+        check_crown_layer(layer, path)
         layer_type = type(layer)
-        if layer_type is nn.Conv2d and layer.padding_mode != "zeros":
-            raise UnsupportedLayerError(f"Conv2d(padding_mode={layer.padding_mode!r}) for CROWN", path)
-        if layer_type is nn.LeakyReLU and layer.negative_slope > 1:
-            raise UnsupportedLayerError(f"LeakyReLU(negative_slope={layer.negative_slope}) (concave) for CROWN", path)
         if layer_type in _NONLINEAR:
             if tighten and seen_nonlinear and affine_since_nonlinear:
                 box_l, box_u = _intermediate_crown(layers, shapes, relaxations, i, box_l, box_u, lower, upper,

@@ -137,19 +137,15 @@ def _node_backward(node: Node, call: Call, out: Box, lam: Tensor) -> tuple[list[
 def _through_layers(node: Node, box: Box, layers: list[nn.Module], lam: Tensor
                     ) -> tuple[list[tuple[Box, Tensor]], Tensor]:
     """Back-substitute through the CROWN layers of one node, relaxed on interval bounds of their inputs."""
-    from bounds.crown import _backward  # crown imports the engine; this module is imported lazily by crown
+    from bounds.crown import _backward, check_crown_layer  # crown imports this module lazily
 
     lower, upper = box.ends()
     shapes = [tuple(lower.shape[1:])]
     relaxations: Relaxations = {}
     chain = [(node.path, layer) for layer in layers]
     for i, (path, layer) in enumerate(chain):
-        if type(layer) is nn.Conv2d and layer.padding_mode != "zeros":
-            raise UnsupportedLayerError(f"Conv2d(padding_mode={layer.padding_mode!r}) for CROWN", path)
+        check_crown_layer(layer, path)
         if type(layer) in (*ACTIVATIONS, nn.MaxPool2d):
-            if type(layer) is nn.LeakyReLU and layer.negative_slope > 1:
-                raise UnsupportedLayerError(f"LeakyReLU(negative_slope={layer.negative_slope})", path,
-                                            "concave, no CROWN relaxation")
             relaxations[i] = relax_layer(layer, lower, upper)
         lower, upper = layer_interval(layer, path, lower, upper)
         shapes.append(tuple(lower.shape[1:]))
