@@ -1,11 +1,12 @@
 """Benchmark: the bound engine's cost per example on LeNet and FC100 (IBP, CROWN, asymmetric certification).
 
 Prints, per model, milliseconds per example of one ``interval_bounds`` call, one ``crown_margin_bounds`` call (boxes
-of radius ``--radius`` around correctly classified test digits) and of ``certify(kind="asymmetric")`` with interval
-bounds. The models are the normal LeNet and FC100 trained by ``train.py`` (``bench_certify.trained_model``, reused
-from ``--log-dir``), so two checkouts measured one after the other with the same ``--log-dir`` time the same
-weights. Each timing is the best of ``--repeats`` runs. Uses only the public API, so it runs on any commit since the
-CROWN engine landed:
+of radius ``--radius`` around correctly classified test digits), of ``certify(kind="asymmetric")`` with interval
+bounds, and of the bound part of one bound-guided training step (``robust_cross_entropy`` on those boxes and its
+parameter gradients, what ``BoundGuidedClassifier`` adds to a clean step). The models are the normal LeNet and
+FC100 trained by ``train.py`` (``bench_certify.trained_model``, reused from ``--log-dir``), so two checkouts
+measured one after the other with the same ``--log-dir`` time the same weights. Each timing is the best of
+``--repeats`` runs. Uses only the public API, so it runs on any commit since the CROWN engine landed:
 
     python benchmarks/bench_engine.py --threads 1 --log-dir /tmp/bench_engine_logs
 """
@@ -20,6 +21,7 @@ import torch
 from bench_certify import correctly_classified, trained_model
 
 from bounds import certify, crown_margin_bounds, interval_bounds
+from bounds.guided_training import robust_cross_entropy
 
 
 def best_seconds(function: Callable[[], object], repeats: int) -> float:
@@ -45,21 +47,31 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"| model | IBP ms/ex | CROWN ms/ex | asymmetric IBP certify ms/ex | (examples {args.examples}, "
-          f"radius {args.radius}, {args.threads} thread(s), {device}) |")
-    print("|---|---|---|---|---|")
+    print(f"| model | IBP ms/ex | CROWN ms/ex | asymmetric IBP certify ms/ex | bound-guided step ms/ex "
+          f"| (examples {args.examples}, radius {args.radius}, {args.threads} thread(s), {device}) |")
+    print("|---|---|---|---|---|---|")
     for architecture in ("lenet", "fc100"):
         model, datamodule = trained_model(architecture, "normal", args.epochs, args.log_dir)
         x, y, _ = correctly_classified(model, datamodule, args.examples)
-        ibp, crown, certify_seconds = measure(model.to(device), x.to(device), y.to(device), args.radius, args.repeats)
-        print(f"| {architecture} | {1e3 * ibp:.4f} | {1e3 * crown:.3f} | {1e3 * certify_seconds:.3f} | |")
+        ibp, crown, certify_seconds, step = measure(model.to(device), x.to(device), y.to(device), args.radius,
+                                                    args.repeats)
+        print(f"| {architecture} | {1e3 * ibp:.4f} | {1e3 * crown:.3f} | {1e3 * certify_seconds:.3f} "
+              f"| {1e3 * step:.4f} | |")
         print(json.dumps({"model": architecture, "ibp_ms": 1e3 * ibp, "crown_ms": 1e3 * crown,
-                          "certify_asymmetric_ms": 1e3 * certify_seconds, "examples": x.shape[0]}))
+                          "certify_asymmetric_ms": 1e3 * certify_seconds, "guided_step_ms": 1e3 * step,
+                          "examples": x.shape[0]}))
+
+
+def guided_step(model: torch.nn.Module, lower: torch.Tensor, upper: torch.Tensor, y: torch.Tensor) -> None:
+    """The bound part of one bound-guided training step: the robust loss on the box and its parameter gradients."""
+    model.zero_grad(set_to_none=True)
+    loss, _ = robust_cross_entropy(model, lower, upper, y)
+    loss.backward()
 
 
 def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, radius: float, repeats: int
-            ) -> tuple[float, float, float]:
-    """Seconds per example of one IBP bound, one CROWN bound and asymmetric IBP certification."""
+            ) -> tuple[float, float, float, float]:
+    """Seconds per example of one IBP bound, one CROWN bound, asymmetric IBP certification and a guided step."""
     count = x.shape[0]
     lower, upper = x - radius, x + radius
     with torch.no_grad():
@@ -67,7 +79,9 @@ def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, radius: fl
         ibp = best_seconds(lambda: interval_bounds(model, lower, upper), repeats) / count
         crown = best_seconds(lambda: crown_margin_bounds(model, lower, upper, y), max(1, repeats // 2)) / count
     certify_seconds = best_seconds(lambda: certify(model, x, y, kind="asymmetric"), max(1, repeats // 2)) / count
-    return ibp, crown, certify_seconds
+    step = best_seconds(lambda: guided_step(model, lower, upper, y), repeats) / count
+    model.zero_grad(set_to_none=True)
+    return ibp, crown, certify_seconds, step
 
 if __name__ == "__main__":
     main()
