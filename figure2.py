@@ -11,18 +11,14 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+from torch import nn
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from torch import nn  # noqa: E402
-
-import train  # noqa: E402
+import train
 from bounds.analysis import geometric_mean_width  # noqa: E402
 from bounds.certificate import Certificate  # noqa: E402
 from bounds.certify import certify  # noqa: E402
@@ -85,7 +81,8 @@ def draw_figure2(
     with torch.no_grad():
         regions = model(torch.stack([grid_x.flatten(), grid_y.flatten()], dim=1)).argmax(dim=1)
     regions = regions.reshape(resolution, resolution).numpy()
-    fig, ax = plt.subplots(figsize=(7, 7))
+    fig = Figure(figsize=(7, 7))
+    ax = fig.subplots()
     ax.imshow(regions, origin="lower", extent=(low, high, low, high), cmap="tab10", alpha=0.25, vmin=0, vmax=9)
     ax.contour(grid_x.numpy(), grid_y.numpy(), regions, levels=sorted(set(regions.flatten().tolist())),
                colors="black", linewidths=0.6)
@@ -99,7 +96,7 @@ def draw_figure2(
     ax.scatter(x[:, 0], x[:, 1], s=8, color="black", zorder=3)
     for b in range(x.shape[0]):
         ax.annotate(str(b), x[b].tolist(), fontsize=7, xytext=(2, 2), textcoords="offset points")
-    handles = [plt.Line2D([], [], color=s["edgecolor"], linestyle=s["linestyle"], label=k)
+    handles = [Line2D([], [], color=s["edgecolor"], linestyle=s["linestyle"], label=k)
                for k, s in KIND_STYLES.items() if k in certificates]
     ax.legend(handles=handles, loc="upper right", fontsize=8)
     ax.set_xlim(low, high)
@@ -146,7 +143,6 @@ def main(args: Sequence[str] | None = None, num_points: int = 20, seed: int = 0)
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure("figure2/boxes", fig, global_step=cli.trainer.global_step)
             logger.experiment.flush()
-    plt.close(fig)
     for kind, cert in certificates.items():
         width = geometric_mean_width(cert)[cert.certified]
         cli.trainer.print(f"{kind:>10}: certified {int(cert.certified.sum())}/{len(x)}, mean geometric width "

@@ -20,15 +20,14 @@ from pathlib import Path
 from typing import Literal
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter  # noqa: E402
+# Figures are built as plain ``matplotlib.figure.Figure`` objects (no pyplot), which render to PNG with the Agg
+# canvas whatever backend the user's process has selected: importing this module changes no global state.
 
 Scaling = Literal["rank", "clip", "full"]
 CLIP_PERCENTILES: tuple[float, float] = (2.0, 98.0)
@@ -246,11 +245,11 @@ def map_rows_figure(
         percentiles: The percentiles of ``scaling="clip"``.
 
     Returns:
-        The matplotlib figure (close it with ``plt.close(fig)``).
+        The matplotlib figure (not registered with pyplot: nothing to close).
     """
     count = images.shape[0]
-    fig, axes = plt.subplots(1 + len(rows), count, figsize=(1.3 * count + 1.4, 1.4 * (1 + len(rows)) + 0.3),
-                             squeeze=False)
+    fig = Figure(figsize=(1.3 * count + 1.4, 1.4 * (1 + len(rows)) + 0.3))
+    axes = fig.subplots(1 + len(rows), count, squeeze=False)
     low, high = input_range
     for col in range(count):
         picture = images[col].detach().float().cpu()
@@ -291,7 +290,6 @@ def save_figure(fig: Figure, path: Path) -> None:
     """Write ``fig`` as a PNG (creating folders) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def colormap_grid(
@@ -328,5 +326,5 @@ def colormap_grid(
     values = maps.detach().float().cpu().mean(dim=1).numpy()
     norm = colour_norm(values, symmetric=symmetric, scaling=scaling, percentiles=percentiles)
     scaled = np.ma.filled(norm(values), 0.5)
-    rgb = torch.from_numpy(plt.get_cmap(cmap)(np.clip(scaled, 0.0, 1.0))[..., :3]).permute(0, 3, 1, 2).float()
+    rgb = torch.from_numpy(matplotlib.colormaps[cmap](np.clip(scaled, 0.0, 1.0))[..., :3]).permute(0, 3, 1, 2).float()
     return make_grid(rgb, nrow=nrow, padding=1, pad_value=1.0)
