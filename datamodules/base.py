@@ -1,13 +1,16 @@
 """The interface every datamodule of the framework shares.
 
 Every datamodule knows, right after ``__init__`` and without touching any data, the shape of one example
-(``input_shape``), the number of classes (``num_classes``) and the range its inputs lie in (``input_range``),
-so that the CLI can link them into the model, the attacks and the certification reports. After
+(``input_shape``), the number of classes (``num_classes``), the range its inputs lie in (``input_range``) and
+the per-channel normalisation the model applies first (``normalization``, ``None`` for most sets), so that the
+CLI can link them into the model, the attacks and the certification reports. After
 ``setup(stage)`` it holds ``train_set``, ``val_set`` and ``test_set`` (datasets of ``(x, y)`` pairs with a
 float tensor ``x`` shaped ``input_shape`` and an integer label ``y``) and serves the four dataloaders.
 """
 
 import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -59,6 +62,33 @@ def cap_dataset(dataset: Dataset, limit: int | None) -> Dataset:
     return Subset(dataset, range(limit))
 
 
+class TransformedSubset(Dataset):
+    """The examples ``indices`` of ``dataset`` with ``transform`` applied to each input.
+
+    Lets two splits of one file set (e.g. an augmented training split and a plain validation split) share the
+    loaded data.
+
+    Args:
+        dataset: A map-style dataset of ``(input, label)`` whose inputs ``transform`` accepts (e.g. PIL images).
+        indices: Positions in ``dataset`` that form this split.
+        transform: Applied to each input.
+    """
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], transform: Callable[[Any], Any]) -> None:
+        self.dataset = dataset
+        self.indices = list(indices)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        """Number of examples in the split."""
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        """The transformed input and the label of the split's ``index``-th example."""
+        x, y = self.dataset[self.indices[index]]
+        return self.transform(x), y
+
+
 class ClassificationDataModule(LightningDataModule):
     """Base class: argument checks, the four dataloaders and ``describe()``.
 
@@ -69,6 +99,9 @@ class ClassificationDataModule(LightningDataModule):
         input_shape: Shape of one example without the batch dimension, e.g. ``(1, 28, 28)``.
         num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
         input_range: ``(low, high)`` bounds of every input coordinate, e.g. ``(-1.0, 1.0)``.
+        normalization: Per-channel ``(mean, std)`` that the model applies as its first layer
+            (:class:`bounds.normalization.InputNormalization`), so that inputs and eps stay in pixel units;
+            ``None`` (the default) for data already scaled for the model.
         train_set: Training dataset (``None`` before ``setup``).
         val_set: Validation dataset (``None`` before ``setup``).
         test_set: Test dataset (``None`` before ``setup``).
@@ -77,6 +110,7 @@ class ClassificationDataModule(LightningDataModule):
     input_shape: tuple[int, ...]
     num_classes: int
     input_range: tuple[float, float]
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __init__(self, data_dir: str = "data", batch_size: int = 100, num_workers: int = 0, seed: int = 0) -> None:
         """Check and store the arguments shared by every datamodule.

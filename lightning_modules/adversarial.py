@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from bounds.attacks.pgd import pgd
-from lightning_modules.classifier import ImageClassifier
+from lightning_modules.classifier import ImageClassifier, Normalization, Optimizer
 from lightning_modules.zoo import Architecture
 
 
@@ -31,6 +31,13 @@ class AdversarialClassifier(ImageClassifier):
         eval_attack_eps: Radius of the evaluation attack that gives ``val/adv_acc``.
         eval_attack_step_size: Step of the evaluation attack.
         eval_attack_steps: Steps of the evaluation attack.
+        normalization: Per-channel ``(mean, std)`` inside the model (linked from the datamodule; see
+            :class:`~lightning_modules.classifier.ImageClassifier`).
+        weights: Initial weights (local file or torchvision weights name; see ``ImageClassifier``).
+        optimizer: ``adam`` or ``sgd`` (with ``momentum``).
+        momentum: SGD momentum.
+        lr_milestones: Epochs after which the learning rate is multiplied by ``lr_gamma``; ``None``: constant.
+        lr_gamma: Factor of each learning-rate decay.
     """
 
     def __init__(
@@ -49,6 +56,12 @@ class AdversarialClassifier(ImageClassifier):
         eval_attack_eps: float = 0.1,
         eval_attack_step_size: float = 0.01,
         eval_attack_steps: int = 20,
+        normalization: Normalization | None = None,
+        weights: str | None = None,
+        optimizer: Optimizer = "adam",
+        momentum: float = 0.9,
+        lr_milestones: list[int] | None = None,
+        lr_gamma: float = 0.1,
     ) -> None:
         if attack_eps <= 0 or attack_step_size <= 0 or attack_steps < 1:
             raise ValueError("attack_eps and attack_step_size must be positive and attack_steps >= 1")
@@ -64,6 +77,12 @@ class AdversarialClassifier(ImageClassifier):
             eval_attack_eps=eval_attack_eps,
             eval_attack_step_size=eval_attack_step_size,
             eval_attack_steps=eval_attack_steps,
+            normalization=normalization,
+            weights=weights,
+            optimizer=optimizer,
+            momentum=momentum,
+            lr_milestones=lr_milestones,
+            lr_gamma=lr_gamma,
         )
         self.save_hyperparameters()
 

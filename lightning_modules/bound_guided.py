@@ -41,7 +41,7 @@ from torchmetrics import MeanMetric
 
 from bounds.guided_training import asymmetric_shape, robust_cross_entropy, shaped_box
 from bounds.modes import evaluation_mode
-from lightning_modules.classifier import ImageClassifier
+from lightning_modules.classifier import ImageClassifier, Normalization, Optimizer
 from lightning_modules.zoo import Architecture
 
 Shape = Literal["asymmetric", "uniform"]
@@ -89,6 +89,13 @@ class BoundGuidedClassifier(ImageClassifier):
         eval_attack_eps: Radius of the evaluation PGD attack (``val/adv_acc``).
         eval_attack_step_size: Step of the evaluation attack.
         eval_attack_steps: Steps of the evaluation attack.
+        normalization: Per-channel ``(mean, std)`` inside the model (linked from the datamodule; see
+            :class:`~lightning_modules.classifier.ImageClassifier`).
+        weights: Initial weights (local file or torchvision weights name; see ``ImageClassifier``).
+        optimizer: ``adam`` or ``sgd`` (with ``momentum``).
+        momentum: SGD momentum.
+        lr_milestones: Epochs after which the learning rate is multiplied by ``lr_gamma``; ``None``: constant.
+        lr_gamma: Factor of each learning-rate decay.
 
     Raises:
         ValueError: For a non-positive ``target_radius`` or ``shape_lr``, negative epochs, a
@@ -117,6 +124,12 @@ class BoundGuidedClassifier(ImageClassifier):
         eval_attack_eps: float = 0.1,
         eval_attack_step_size: float = 0.01,
         eval_attack_steps: int = 20,
+        normalization: Normalization | None = None,
+        weights: str | None = None,
+        optimizer: Optimizer = "adam",
+        momentum: float = 0.9,
+        lr_milestones: list[int] | None = None,
+        lr_gamma: float = 0.1,
     ) -> None:
         if not target_radius > 0:
             raise ValueError(f"target_radius must be positive, got {target_radius}")
@@ -144,6 +157,12 @@ class BoundGuidedClassifier(ImageClassifier):
             eval_attack_eps=eval_attack_eps,
             eval_attack_step_size=eval_attack_step_size,
             eval_attack_steps=eval_attack_steps,
+            normalization=normalization,
+            weights=weights,
+            optimizer=optimizer,
+            momentum=momentum,
+            lr_milestones=lr_milestones,
+            lr_gamma=lr_gamma,
         )
         self.save_hyperparameters()
         self.progress: float = 0.0

@@ -6,6 +6,10 @@
 - ``write_svhn_mat``: ``train_32x32.mat`` / ``test_32x32.mat`` in SVHN's layout. torchvision's ``SVHN`` checks
   the MD5 sum of these files against the official ones, so wrap the loading in ``svhn_checksums(md5s)``, which
   registers the MD5 sums of the tiny files for the duration of the block.
+- ``write_cifar10_batches``: ``cifar-10-batches-py/data_batch_1..5``, ``test_batch`` and ``batches.meta``, the
+  pickled dictionaries of the official CIFAR-10 "python version". torchvision's ``CIFAR10`` checks their MD5 sums
+  too: wrap the loading in ``cifar10_checksums(md5s)``.
+- ``write_image_folder``: an ``ImageFolder`` / ImageNet-validation layout ``<root>/<class>/*.JPEG`` of real JPEGs.
 
 The images carry a label-dependent pattern (a bright square whose position depends on the class, plus noise),
 so that a small model can learn them in a smoke test.
@@ -15,6 +19,7 @@ import contextlib
 import gzip
 import hashlib
 import os
+import pickle
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,3 +151,103 @@ def svhn_checksums(md5s: dict[str, str]) -> Iterator[None]:
     finally:
         SVHN.split_list.clear()
         SVHN.split_list.update(saved)
+
+
+CIFAR10_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar10_batches(root: str | os.PathLike, per_batch: int = 10, n_test: int = 20,
+                          seed: int = 0) -> dict[str, str]:
+    """Write a tiny CIFAR-10 "python version" into ``<root>/cifar-10-batches-py``.
+
+    Each batch is a pickled dict with ``data`` (uint8 ``(N, 3072)``: the red, green and blue 32x32 planes of each
+    image, row-major), ``labels`` (a list of ints), ``batch_label`` and ``filenames``; ``batches.meta`` holds
+    ``label_names``, as in the official files.
+
+    Args:
+        root: The ``data_dir`` / torchvision ``root``.
+        per_batch: Images in each of the five training batches.
+        n_test: Images in ``test_batch``.
+        seed: Seed of the labels and pixels.
+
+    Returns:
+        ``{file name: md5}`` of the seven files, for ``cifar10_checksums``.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    md5s: dict[str, str] = {}
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        count = n_test if name == "test_batch" else per_batch
+        labels = balanced_labels(count, 10, rng)
+        images = patterned_images(labels, 32, 32, 3, rng).transpose(0, 3, 1, 2).reshape(count, 3072)
+        entry = {"batch_label": f"tiny {name}", "labels": [int(v) for v in labels], "data": images,
+                 "filenames": [f"{name}_{i}.png" for i in range(count)]}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    meta = {"num_cases_per_batch": per_batch, "label_names": CIFAR10_LABEL_NAMES, "num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+    for name in [*names, "batches.meta"]:
+        md5s[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
+    return md5s
+
+
+def read_cifar10_batch(root: str | os.PathLike, name: str) -> dict:
+    """One pickled batch of ``write_cifar10_batches``, read back directly."""
+    return pickle.loads((Path(root) / "cifar-10-batches-py" / name).read_bytes())
+
+
+@contextlib.contextmanager
+def cifar10_checksums(md5s: dict[str, str]) -> Iterator[None]:
+    """Make torchvision's ``CIFAR10`` accept the tiny files by registering their MD5 sums for the block.
+
+    Args:
+        md5s: ``{file name: md5}`` as returned by ``write_cifar10_batches``.
+    """
+    from torchvision.datasets import CIFAR10
+
+    saved = ([list(e) for e in CIFAR10.train_list], [list(e) for e in CIFAR10.test_list], dict(CIFAR10.meta))
+    try:
+        CIFAR10.train_list = [[name, md5s.get(name, md5)] for name, md5 in saved[0]]
+        CIFAR10.test_list = [[name, md5s.get(name, md5)] for name, md5 in saved[1]]
+        CIFAR10.meta = {**saved[2], "md5": md5s.get(saved[2]["filename"], saved[2]["md5"])}
+        yield
+    finally:
+        CIFAR10.train_list, CIFAR10.test_list, CIFAR10.meta = saved
+
+
+def write_image_folder(root: str | os.PathLike, classes: list[str], per_class: int, seed: int = 0,
+                       sizes: tuple[tuple[int, int], ...] = ((60, 80), (90, 70), (64, 64))) -> dict[str, list[Path]]:
+    """Write real JPEGs in an ``ImageFolder`` layout: ``<root>/<class>/<class>_<i>.JPEG``.
+
+    Each image is noise plus a bright square whose position depends on the class index; sizes cycle through
+    ``sizes`` (height, width), so resizing and cropping are exercised.
+
+    Args:
+        root: The folder that receives one sub-folder per class.
+        classes: Class folder names (e.g. wnids such as ``n01440764``); a class with ``per_class == 0`` images is
+            still created, empty.
+        per_class: Images per class.
+        seed: Seed of the pixels.
+        sizes: Image sizes to cycle through.
+
+    Returns:
+        ``{class: [paths]}``.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    written: dict[str, list[Path]] = {}
+    for index, name in enumerate(classes):
+        folder = Path(root) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        written[name] = []
+        for i in range(per_class):
+            height, width = sizes[(index + i) % len(sizes)]
+            pixels = rng.integers(0, 60, size=(height, width, 3), dtype=np.uint8)
+            row, col = (index * 7) % (height - 16), (index * 11) % (width - 16)
+            pixels[row : row + 16, col : col + 16] = 255
+            path = folder / f"{name}_{i}.JPEG"
+            Image.fromarray(pixels).save(path, format="JPEG", quality=95)
+            written[name].append(path)
+    return written

@@ -1,5 +1,7 @@
 """train.py and the shared CLI: every config instantiates and runs, bad input gets clear errors, resume works."""
 
+import contextlib
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -11,32 +13,46 @@ from tensorboard.backend.event_processing.event_accumulator import (
 
 import train
 from cli import CONFIG_DIR, CheckpointMismatchError, resolve_config_arguments
-from tests.data_files import svhn_checksums, write_mnist_idx, write_svhn_mat
+from tests.data_files import (
+    cifar10_checksums,
+    svhn_checksums,
+    write_cifar10_batches,
+    write_image_folder,
+    write_mnist_idx,
+    write_svhn_mat,
+)
 
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
-def data_overrides(config: str, data_dir: Path) -> tuple[list[str], dict[str, str] | None]:
-    """Point a config at tiny generated files in the real formats (IDX / .mat), never the network."""
+def data_overrides(config: str, data_dir: Path) -> tuple[list[str], AbstractContextManager]:
+    """Point a config at tiny generated files in the real formats (IDX / .mat / CIFAR pickles / JPEGs), never the
+    network; the context manager registers the tiny files' checksums where torchvision checks them."""
     text = (CONFIG_DIR / config).read_text()
     if "SVHNDataModule" in text:
         md5s = write_svhn_mat(data_dir, n_train=40, n_test=20)
         return [f"--data.init_args.data_dir={data_dir}", "--data.init_args.download=false",
-                "--data.init_args.val_size=10"], md5s
+                "--data.init_args.val_size=10"], svhn_checksums(md5s)
+    if "CIFAR10DataModule" in text:
+        md5s = write_cifar10_batches(data_dir, per_batch=8, n_test=20)
+        return [f"--data.init_args.data_dir={data_dir}", "--data.init_args.download=false",
+                "--data.init_args.val_size=10", "--data.init_args.batch_size=8"], cifar10_checksums(md5s)
+    if "ImageNetDataModule" in text:
+        write_image_folder(data_dir, ["n01440764", "n01443537"], per_class=2)
+        return [f"--data.init_args.data_dir={data_dir}", "--data.init_args.image_size=80",
+                "--data.init_args.batch_size=2"], contextlib.nullcontext()
     if "source: torchvision" in text:
         kind = "FashionMNIST" if "FashionMNIST" in text else "MNIST"
         write_mnist_idx(data_dir, num_train=40, num_test=20, kind=kind)
         return [f"--data.init_args.data_dir={data_dir}", "--data.init_args.download=false",
-                "--data.init_args.val_size=10"], None
-    return [], None
+                "--data.init_args.val_size=10"], contextlib.nullcontext()
+    return [], contextlib.nullcontext()
 
 
-def run_train(args: list[str], md5s: dict[str, str] | None = None):
-    """Run train.main, registering the tiny SVHN files' checksums when there are any."""
-    if md5s is None:
-        return train.main(args)
-    with svhn_checksums(md5s):
+def run_train(args: list[str], checksums: AbstractContextManager | None = None):
+    """Run train.main inside ``checksums`` (the tiny files' MD5 registration), if given."""
+    with checksums or contextlib.nullcontext():
         return train.main(args)
 
 
