@@ -32,13 +32,20 @@ class CertifyOptions:
         kinds: Certification kinds to run and compare.
         batch_size: Examples certified together in one batched call.
         delta: Margin the certificate proves: ``lower[y] - upper[j] >= delta``.
-        clip_to_input_range: Certify the box intersected with the input range (DESIGN.md); off by default
-            as in the paper.
+        clip_to_input_range: Certify the box intersected with the input range (the widths are then those of the
+            clipped box); off by default, as in the paper.
         output_dir: Folder for the report; default ``<checkpoint folder>/../certify``.
         num_figure_examples: Examples drawn in the heatmap and Explorer figures.
         seed: Seed of the certification optimiser (and of the attacks' and CLEVER's random draws).
+        labels: Labels the reports score and certify against: ``dataset`` (the first ``num_examples`` test
+            examples the model classifies correctly) or ``predicted`` (the first ``num_examples`` test examples,
+            labelled with the model's own predictions, e.g. for a model whose weights cannot reach the dataset's
+            accuracy, such as random weights); the reports record which.
+        allow_no_checkpoint: Without ``--ckpt_path``, run on the model as built (random initialisation unless the
+            model loads its own weights, e.g. ``model.weights``); off: ``--ckpt_path`` or ``model.weights`` is needed.
         method: Bound method of the certification and of its final check: ``ibp`` (interval propagation, Amoeba
-            Theorem 1) or ``crown`` (CROWN linear relaxation, never looser than ibp; much wider boxes, slower).
+            Theorem 1), ``crown`` (CROWN linear relaxation, never looser than ibp; much wider boxes, slower) or
+            ``alpha-crown`` (CROWN with optimised ReLU slopes, never looser than crown; chain models only).
         crown_rounds: CROWN relaxations per example with ``method: crown`` (fewer: faster, narrower boxes).
         attacks: Write the attacks report (Amoeba Table 4: plain, ``^s`` and ``^a`` attacks; ``attacks.json``,
             ``attacks.md``, ``certify/attacks/...`` tags).
@@ -58,14 +65,21 @@ class CertifyOptions:
         attack_p_start: First proportion of pixels of the guided attacks (Amoeba Algorithm 2).
         attack_p_step: Increase of the proportion per round of Algorithm 2.
         attack_p_max: Last proportion of Algorithm 2.
-        acts: Write the ACTS protocol report (ACTS Section 4, Tables 1, 2, 3, 7; ``acts.json``, ``acts.md``,
-            ``figures/acts_histograms.png``, ``certify/acts/...`` tags).
+        acts: Write the ACTS protocol report (ACTS Section 4, Tables 1, 2, 3, 5, 6, 7 and Figs. 3-6; ``acts.json``,
+            ``acts.md``, ``figures/acts_*.png``, ``certify/acts/<attack>/...`` tags).
         acts_num_examples: Cap on the examples of the ACTS protocol (the first ones of the certified examples).
-        acts_eps: l_inf noise levels N1 < N2 < N3 of the PGD attack, in input units (inputs in [-1, 1]); the
-            defaults make PGD fool about 10% to 50% of the quickstart LeNets' examples.
-        acts_steps: PGD steps at every level (the ACTS paper: 3).
-        acts_step_fraction: PGD step size as a fraction of the level's eps (the ACTS paper: 0.5).
-        acts_top_k: Competing classes of ACTS (the ACTS paper: 10).
+        acts_attacks: Attacks of the ACTS protocol, each at every level and scored from its own steps: ``fgsm``
+            (one step of eps), ``bim`` (``acts_steps`` steps, no random start), ``pgd`` (the same from a random
+            start); the ACTS paper runs all three.
+        acts_eps: l_inf noise levels N1 < N2 < N3 of the attacks, in input units (inputs in [-1, 1]); the
+            defaults make PGD fool about 10% to 50% of the quickstart LeNets' examples (the ACTS paper's ImageNet
+            levels on [0, 1] pixels: 0.1/255, 0.2/255, 0.3/255).
+        acts_steps: BIM and PGD steps at every level (the ACTS paper: 3).
+        acts_step_fraction: BIM and PGD step size as a fraction of the level's eps (the ACTS paper: 0.5).
+        acts_top_k: Competing classes of ACTS in every table but Table 5 and in the figures (the ACTS paper: 10).
+        acts_top_k_values: Competing classes of Table 5's rows ACTS-k (the ACTS paper: 10, 20, 50); the scores
+            for all of them come from the same attack and Jacobian-vector product, so extra values cost nothing; a
+            value above the number of classes minus one counts every other class.
         acts_bins: Histogram bins of Overlap%.
         clever_norms: CLEVER norms scored beside ACTS (ACTS Table 7 has both); empty for no CLEVER.
         clever_radius_l2: CLEVER's l_2 sampling radius (and largest score).
@@ -75,6 +89,9 @@ class CertifyOptions:
         clever_paper_sizes: Use the CLEVER paper's 500 x 1024 samples instead of the two options above.
         clever_top_k: CLEVER's competing classes (1: the runner-up, CLEVER's "top-2" target that ACTS Table 4
             compares with; ``null``: all classes).
+        clever_max_points_per_pass: CLEVER samples per forward-backward pass (memory; at least
+            ``clever_batch_size``): 1024 suits MNIST-sized inputs; an ImageNet ResNet50 holds the activations of
+            every sample of a pass, so use far fewer there.
     """
 
     def __init__(
@@ -87,7 +104,9 @@ class CertifyOptions:
         output_dir: str | None = None,
         num_figure_examples: int = 16,
         seed: int = 0,
-        method: Literal["ibp", "crown"] = "ibp",
+        labels: Literal["dataset", "predicted"] = "dataset",
+        allow_no_checkpoint: bool = False,
+        method: Literal["ibp", "crown", "alpha-crown"] = "ibp",
         crown_rounds: int = 4,
         attacks: bool = True,
         attack_num_examples: int = 200,
@@ -108,10 +127,12 @@ class CertifyOptions:
         attack_p_max: float = 1.0,
         acts: bool = True,
         acts_num_examples: int = 500,
+        acts_attacks: list[Literal["fgsm", "bim", "pgd"]] | None = None,
         acts_eps: list[float] | None = None,
         acts_steps: int = 3,
         acts_step_fraction: float = 0.5,
         acts_top_k: int = 10,
+        acts_top_k_values: list[int] | None = None,
         acts_bins: int = 20,
         clever_norms: list[Literal["l2", "linf"]] | None = None,
         clever_radius_l2: float = 2.0,
@@ -120,6 +141,7 @@ class CertifyOptions:
         clever_batch_size: int = 64,
         clever_paper_sizes: bool = False,
         clever_top_k: int | None = 1,
+        clever_max_points_per_pass: int = 1024,
     ) -> None:
         if num_examples < 1 or batch_size < 1 or num_figure_examples < 0:
             raise ValueError("num_examples and batch_size must be >= 1 and num_figure_examples >= 0")
@@ -131,6 +153,13 @@ class CertifyOptions:
         levels = list(DEFAULT_ACTS_EPS) if acts_eps is None else list(acts_eps)
         if len(levels) < 1 or any(e <= 0 for e in levels) or levels != sorted(levels):
             raise ValueError(f"certify.acts_eps must be positive and increasing, got {levels}")
+        acts_attack_list = ["fgsm", "bim", "pgd"] if acts_attacks is None else list(dict.fromkeys(acts_attacks))
+        if not acts_attack_list or not set(acts_attack_list) <= {"fgsm", "bim", "pgd"}:
+            raise ValueError("certify.acts_attacks must be a non-empty list of fgsm, bim, pgd; "
+                             f"got {acts_attack_list}")
+        top_k_values = [1, 5, 10] if acts_top_k_values is None else sorted(set(acts_top_k_values))
+        if acts_top_k < 1 or not top_k_values or top_k_values[0] < 1:
+            raise ValueError(f"certify.acts_top_k and acts_top_k_values must be >= 1, got {acts_top_k}, {top_k_values}")
         self.num_examples = num_examples
         self.kinds = list(kinds) if kinds is not None else ["uniform", "nonuniform", "asymmetric"]
         self.batch_size = batch_size
@@ -139,6 +168,8 @@ class CertifyOptions:
         self.output_dir = output_dir
         self.num_figure_examples = num_figure_examples
         self.seed = seed
+        self.labels = labels
+        self.allow_no_checkpoint = allow_no_checkpoint
         self.method = method
         self.crown_rounds = crown_rounds
         self.attacks = attacks
@@ -160,10 +191,12 @@ class CertifyOptions:
         self.attack_p_max = attack_p_max
         self.acts = acts
         self.acts_num_examples = acts_num_examples
+        self.acts_attacks = acts_attack_list
         self.acts_eps = levels
         self.acts_steps = acts_steps
         self.acts_step_fraction = acts_step_fraction
         self.acts_top_k = acts_top_k
+        self.acts_top_k_values = top_k_values
         self.acts_bins = acts_bins
         self.clever_norms = ["l2", "linf"] if clever_norms is None else list(clever_norms)
         self.clever_radius_l2 = clever_radius_l2
@@ -172,6 +205,7 @@ class CertifyOptions:
         self.clever_batch_size = 1024 if clever_paper_sizes else clever_batch_size
         self.clever_paper_sizes = clever_paper_sizes
         self.clever_top_k = clever_top_k
+        self.clever_max_points_per_pass = clever_max_points_per_pass
 
 
 class RobustCLI(LightningCLI):
@@ -191,7 +225,7 @@ class RobustCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        for name in ("input_shape", "num_classes", "input_range"):
+        for name in ("input_shape", "num_classes", "input_range", "normalization"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
 
 

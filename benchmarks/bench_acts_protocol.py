@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 
 import certify  # noqa: E402
 import train  # noqa: E402
-from callbacks.acts import per_example_pgd  # noqa: E402
+from bounds.attacks import per_example_pgd  # noqa: E402
 from cli import DEFAULT_ACTS_EPS, make_cli  # noqa: E402
 
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -126,26 +126,28 @@ def main() -> None:
                                 f"--trainer.logger.init_args.save_dir={args.out / 'certify_logs'}",
                                 f"--certify.num_examples={args.examples}", "--certify.kinds=[uniform]",
                                 "--certify.attacks=false", f"--certify.acts_num_examples={args.examples}",
+                                "--certify.acts_attacks=[pgd]",
                                 f"--certify.acts_eps=[{', '.join(str(v) for v in levels)}]",
                                 "--certify.num_figure_examples=0", *clever, *QUIET])
         assert summary is not None
         print(f"certify.py ACTS report in {time.perf_counter() - start:.0f}s")
-        results[name] = {"rates": rates, "levels": levels, "acts": summary["acts"]}
+        results[name] = {"rates": rates, "levels": levels, "acts": summary["acts"],
+                         "pgd": summary["acts"]["attacks"]["pgd"]}
 
     print("\n=== summary: Overlap% (AUROC) per level; ACTS wanted < 10% ===")
     print(f"{'model':<14}{'level':<7}{'eps':>8}{'attacked':>10}{'ACTS':>18}{'L2 CLEVER':>18}{'Linf CLEVER':>18}")
     for name, result in results.items():
-        for level in result["acts"]["levels"]:
+        for level in result["pgd"]["levels"]:
             cells = "".join(f"{level[m]['overlap_percent']:>9.2f}% ({level[m]['auroc'] or float('nan'):.3f})"
                             for m in ("acts", "clever_l2", "clever_linf"))
             share = level["attacked"] / result["acts"]["examples"]
             print(f"{name:<14}{level['name']:<7}{level['eps']:>8.4f}{100 * share:>9.1f}%{cells}")
         seconds = result["acts"]["seconds_per_image"]
-        acts_seconds = sum(seconds["acts"].values()) / len(seconds["acts"])
+        acts_seconds = result["pgd"]["seconds_per_image"]["acts_mean"]
         print(f"{name:<14}s/image: ACTS (incl. its 3-step PGD) {acts_seconds:.5f}, "
               f"CLEVER l2 {seconds['clever_l2']:.4f}, "
               f"linf {seconds['clever_linf']:.4f} (ratio CLEVER l2/ACTS {seconds['clever_l2'] / acts_seconds:.0f}x); "
-              f"attack flips {result['acts']['attack_flips']}")
+              f"attack flips {result['pgd']['attack_flips']}")
     (args.out / "bench_acts_protocol.json").write_text(json.dumps(results, indent=2, default=str))
 
 

@@ -3,10 +3,15 @@
 Running through ``trainer.test`` lets ``certify.py`` use devices, strategies and nodes like training does.
 """
 
+import time
 from collections.abc import Collection, Sequence
+from datetime import timedelta
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -26,11 +31,18 @@ class IndexedDataset(Dataset):
     Args:
         dataset: A dataset of ``(x, y)`` pairs.
         indices: The positions in ``dataset`` to expose, in order.
+        labels: Labels replacing the dataset's, one per position (e.g. the model's own predictions), or ``None``.
+
+    Raises:
+        ValueError: If ``labels`` and ``indices`` differ in length.
     """
 
-    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+    def __init__(self, dataset: Dataset, indices: Sequence[int], labels: Sequence[int] | None = None) -> None:
         self.dataset = dataset
         self.indices = list(indices)
+        self.labels = None if labels is None else [int(label) for label in labels]
+        if self.labels is not None and len(self.labels) != len(self.indices):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.indices)} indices")
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -38,7 +50,7 @@ class IndexedDataset(Dataset):
     def __getitem__(self, position: int) -> tuple[int, torch.Tensor, int]:
         index = self.indices[position]
         x, y = self.dataset[index]
-        return index, x, int(y)
+        return index, x, int(y) if self.labels is None else self.labels[position]
 
 
 class CertificationTask(LightningModule):
@@ -54,6 +66,13 @@ class CertificationTask(LightningModule):
 
     The guided attacks reuse the batch's certificates: a kind they need (``nonuniform``, ``asymmetric``) that
     ``kinds`` lacks is certified for the attacked examples only, and not reported as a certification result.
+    ``kinds`` may be empty (e.g. only the ACTS report on an ImageNet model).
+
+    Progress: after each batch the test progress bar (Lightning's TQDM bar) shows the examples per second of this
+    rank and the estimated time left, and after the first batch an estimate of the whole run's time is logged
+    (rank 0): the seconds per example of the certification, the attacks and the ACTS protocol so far (after the
+    first batch: that batch's) times the number of examples each part runs on (``num_examples``, and the sizes of
+    ``attack_indices`` and ``acts_indices``), divided by the number of ranks.
 
     Args:
         model: The classifier to certify (an ``nn.Module`` mapping inputs to logits).
@@ -69,6 +88,7 @@ class CertificationTask(LightningModule):
         attack_indices: Dataset indices the attacks run on (default: all).
         acts_protocol: ACTS protocol to run (ACTS Section 4), or ``None``.
         acts_indices: Dataset indices the ACTS protocol runs on (default: all).
+        num_examples: Number of examples of the test loop, all ranks together (for the time estimate only).
     """
 
     def __init__(
@@ -85,6 +105,7 @@ class CertificationTask(LightningModule):
         attack_indices: Collection[int] | None = None,
         acts_protocol: ACTSProtocol | None = None,
         acts_indices: Collection[int] | None = None,
+        num_examples: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -102,6 +123,9 @@ class CertificationTask(LightningModule):
         self._parts: dict[str, list[Rows]] = {}
         self._attack_parts: dict[str, list[Rows]] = {}
         self._acts_parts: list[Rows] = []
+        self.num_examples = num_examples
+        self._clock: dict[str, float] = {}
+        self._done = 0
         self.results: dict[str, Rows] = {}
         self.attack_results: dict[str, Rows] = {}
         self.acts_results: Rows = {}
@@ -116,6 +140,8 @@ class CertificationTask(LightningModule):
         self._attack_parts = {}
         self._acts_parts = []
         self.results, self.attack_results, self.acts_results = {}, {}, {}
+        self._clock = {"start": time.perf_counter(), "certify": 0.0, "attacks": 0.0, "acts": 0.0}
+        self._done = 0
 
     def _certify(self, x: Tensor, y: Tensor, kind: str, batch_idx: int) -> Certificate:
         return certify(self.model, x, y, kind=kind, delta=self.delta, clip_to_input_range=self.clip_to_input_range,
@@ -126,6 +152,7 @@ class CertificationTask(LightningModule):
         """Certify one batch with every kind, then run the reports on their subsets; keep per-example rows."""
         with torch.inference_mode(False):
             index, x, y = (t.clone() for t in batch)
+        tick = self._tick(x)
         certificates: dict[str, Certificate] = {}
         for kind in self.kinds:
             cert = self._certify(x, y, kind, batch_idx)
@@ -139,6 +166,7 @@ class CertificationTask(LightningModule):
                     "seconds": torch.full_like(index, cert.seconds_per_example, dtype=torch.float64),
                 }
             )
+        tick = self._account("certify", len(index) if self.kinds else 0, tick, x)
         with torch.inference_mode(False):
             if self.attack_report is not None:
                 rows = self._subset(index, self.attack_indices)
@@ -149,10 +177,59 @@ class CertificationTask(LightningModule):
                     results = self.attack_report.run(self.model, index[rows], x[rows], y[rows], guides)
                     for key, value in results.items():
                         self._attack_parts.setdefault(key, []).append(value)
+                tick = self._account("attacks", rows.numel(), tick, x)
             if self.acts_protocol is not None:
                 rows = self._subset(index, self.acts_indices)
                 if rows.numel():
                     self._acts_parts.append(self.acts_protocol.run(self.model, index[rows], x[rows], y[rows]))
+                self._account("acts", rows.numel(), tick, x)
+        self._done += len(index)
+
+    @staticmethod
+    def _tick(x: Tensor) -> float:
+        """The wall-clock time after the queued GPU work on ``x``'s device."""
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        return time.perf_counter()
+
+    def _account(self, part: str, count: int, since: float, x: Tensor) -> float:
+        """Add the time since ``since`` and ``count`` examples to ``part``'s running totals; return the time now."""
+        now = self._tick(x)
+        self._clock[part] = self._clock.get(part, 0.0) + now - since
+        self._clock[f"{part}_count"] = self._clock.get(f"{part}_count", 0.0) + count
+        return now
+
+    def estimated_seconds(self) -> float:
+        """Estimated wall-clock time of the whole test loop on this rank, from the running seconds per example."""
+        world = max(self.trainer.world_size, 1)
+        total = self.num_examples if self.num_examples is not None else self._done * world
+        sizes = {"certify": total if self.kinds else 0,
+                 "attacks": total if self.attack_indices is None else min(len(self.attack_indices), total),
+                 "acts": total if self.acts_indices is None else min(len(self.acts_indices), total)}
+        seconds = 0.0
+        for part, size in sizes.items():
+            done = self._clock.get(f"{part}_count", 0.0)
+            if done > 0:
+                seconds += self._clock[part] / done * size / world
+        return seconds
+
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Show examples per second in the progress bar; log the estimated total time after the first batch."""
+        elapsed = time.perf_counter() - self._clock.get("start", time.perf_counter())
+        rate = self._done / max(elapsed, 1e-9)
+        estimate = self.estimated_seconds()
+        left = timedelta(seconds=round(max(estimate - elapsed, 0.0)))
+        bar = self.trainer.progress_bar_callback
+        if isinstance(bar, TQDMProgressBar):
+            try:
+                bar.test_progress_bar.set_postfix_str(f"{rate:.3g} examples/s, about {left} left")
+            except TypeError:  # the bar is not shown (e.g. disabled in this process)
+                pass
+        if batch_idx == 0:
+            parts = ", ".join(f"{part} {self._clock[part] / self._clock[f'{part}_count']:.3g} s/example"
+                              for part in ("certify", "attacks", "acts") if self._clock.get(f"{part}_count", 0) > 0)
+            rank_zero_info(f"certify: first batch of {self._done} examples in {elapsed:.1f} s ({rate:.3g} examples/s; "
+                           f"{parts or 'nothing to run'}); estimated total time {timedelta(seconds=round(estimate))}")
 
     @staticmethod
     def _subset(index: Tensor, chosen: set[int] | None) -> Tensor:

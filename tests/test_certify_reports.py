@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
 
 import certify
 import train
+from lightning_modules.acts_report import ACTSProtocol
 from lightning_modules.gathering import concatenate_rows, gather_unique_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,34 +101,50 @@ def test_acts_report_is_consistent(report: tuple[Path, Path, dict]) -> None:
     on_disk = json.loads((out / "acts.json").read_text())
     assert on_disk["examples"] == 9
     assert 0.0 < on_disk["clean_accuracy"] <= 1.0
+    assert on_disk["labels"] == "dataset" and on_disk["weights"].startswith("checkpoint ")
+    assert on_disk["model"] == "lenet"
     rows = torch.load(out / "acts.pt")
     certified = torch.load(out / "radii.pt")["uniform"]["index"]
     assert rows["index"].tolist() == certified[:9].tolist()
-    assert rows["attacked"].shape == (9, 3) and rows["acts"].shape == (9, 3)
-    assert [level["eps"] for level in on_disk["levels"]] == [0.05, 0.15, 0.3]
-    for level, entry in enumerate(on_disk["levels"]):
-        attacked = rows["attacked"][:, level]
-        assert entry["attacked"] == int(attacked.sum())
-        assert entry["adversarial_accuracy"] == pytest.approx(1 - entry["attacked"] / 9)
-        for metric in ("acts", "clever_l2", "clever_linf"):
-            assert 0.0 <= entry[metric]["overlap_percent"] <= 50.0
-            if 0 < entry["attacked"] < 9:
-                assert 0.0 <= entry[metric]["auroc"] <= 1.0
-            else:
-                assert entry[metric]["auroc"] is None
-    assert bool((rows["acts"] > 0).all())
+    assert list(on_disk["attacks"]) == ["fgsm", "bim", "pgd"]  # the paper's three attacks by default
+    assert on_disk["settings"]["top_k_values"] == [1, 5, 10]
+    for attack, result in on_disk["attacks"].items():
+        attacked, scores, top_k = rows[f"{attack}/attacked"], rows[f"{attack}/acts"], rows[f"{attack}/acts_top_k"]
+        assert attacked.shape == (9, 3) and scores.shape == (9, 3) and top_k.shape == (9, 3, 3)
+        assert torch.equal(top_k[:, :, 2], scores)  # acts_top_k = 10 is the last of [1, 5, 10]
+        assert bool((top_k.diff(dim=2) <= 0).all())  # a minimum over more competing classes never grows
+        assert bool((scores > 0).all())
+        assert [level["eps"] for level in result["levels"]] == [0.05, 0.15, 0.3]
+        for level, entry in enumerate(result["levels"]):
+            hit = attacked[:, level]
+            assert entry["attacked"] == int(hit.sum())
+            assert entry["surviving_fraction"] == pytest.approx(1 - entry["attacked"] / 9)
+            surviving = 1 - entry["attacked"] / 9
+            assert entry["adversarial_accuracy"] == pytest.approx(on_disk["clean_accuracy"] * surviving)
+            for metric in ("acts", "clever_l2", "clever_linf"):
+                assert 0.0 <= entry[metric]["overlap_percent"] <= 50.0
+                if 0 < entry["attacked"] < 9:
+                    assert 0.0 <= entry[metric]["auroc"] <= 1.0
+                else:
+                    assert entry[metric]["auroc"] is None
+            assert set(entry["top_k"]) == {"1", "5", "10"}
+            assert entry["top_k"]["10"] == {k: entry["acts"][k] for k in ("overlap_percent", "auroc")}
+        expected_flips = {
+            f"N{a + 1}->N{b + 1}": int((attacked[:, a] & ~attacked[:, b]).sum()) for a, b in ((0, 1), (0, 2), (1, 2))
+        }
+        assert result["attack_flips"] == expected_flips
+        seconds = result["seconds_per_image"]
+        assert min(seconds["attack"].values()) > 0 and min(seconds["score"].values()) > 0
+        assert seconds["acts"]["N2"] == pytest.approx(seconds["attack"]["N2"] + seconds["score"]["N2"])
     assert bool((rows["clever_l2"] <= 2.0 + 1e-6).all()) and bool((rows["clever_linf"] <= 0.3 + 1e-6).all())
-    expected_flips = {
-        f"N{a + 1}->N{b + 1}": int((rows["attacked"][:, a] & ~rows["attacked"][:, b]).sum())
-        for a, b in ((0, 1), (0, 2), (1, 2))
-    }
-    assert on_disk["attack_flips"] == expected_flips
-    assert on_disk["seconds_per_image"]["clever_l2"] > 0 and min(on_disk["seconds_per_image"]["acts"].values()) > 0
+    assert on_disk["seconds_per_image"]["clever_l2"] > 0
     table = (out / "acts.md").read_text()
-    for caption in ("Table 1", "Table 2", "Table 3", "Table 7", "L_inf CLEVER"):
+    for caption in ("Table 1", "Table 2", "Table 3", "Table 5", "Table 6", "Table 7", "L_inf CLEVER", "ACTS-5"):
         assert caption in table
-    assert (out / "figures" / "acts_histograms.png").stat().st_size > 0
-    assert summary["acts"]["levels"][0]["attacked"] == on_disk["levels"][0]["attacked"]
+    for name in ("acts_histograms", "acts_noise_effectiveness"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 0
+    assert summary["acts"]["attacks"]["pgd"]["levels"][0]["attacked"] == on_disk["attacks"]["pgd"]["levels"][0][
+        "attacked"]
 
 
 def test_reports_write_tensorboard_tags(report: tuple[Path, Path, dict]) -> None:
@@ -135,11 +152,14 @@ def test_reports_write_tensorboard_tags(report: tuple[Path, Path, dict]) -> None
     events = _events(root)
     tags = events.Tags()
     assert {"certify/attacks/cw_l2_kappa0/a/accuracy", "certify/attacks/pgd_l2_eps5/s/l_1",
-            "certify/attacks/fgsm_linf_eps0.2/plain/l_inf", "certify/acts/N1/acts/overlap_percent",
-            "certify/acts/N3/clever_linf/overlap_percent", "certify/acts/N2/adversarial_accuracy",
-            "certify/acts/seconds_per_image/acts", "certify/asymmetric/mean_geometric_width"} <= set(tags["scalars"])
-    assert "certify/acts/histograms" in tags["images"]
-    assert any(tag.startswith("certify/acts/N3/acts/") for tag in tags["histograms"])
+            "certify/attacks/fgsm_linf_eps0.2/plain/l_inf", "certify/acts/pgd/N1/acts/overlap_percent",
+            "certify/acts/fgsm/N3/clever_linf/overlap_percent", "certify/acts/bim/N2/adversarial_accuracy",
+            "certify/acts/bim/N2/acts_top5/overlap_percent", "certify/acts/pgd/attack_flips/N1_N3",
+            "certify/acts/fgsm/seconds_per_image", "certify/acts/seconds_per_image/clever_l2",
+            "certify/asymmetric/mean_geometric_width"} <= set(tags["scalars"])
+    assert {"certify/acts/histograms", "certify/acts/noise_effectiveness"} <= set(tags["images"])
+    assert "certify/acts/pgd/N2/clever_l2/not_attacked" in tags["histograms"]
+    assert any(tag.startswith("certify/acts/bim/N3/acts/") for tag in tags["histograms"])
     (accuracy,) = events.Scalars("certify/attacks/pgd_linf_eps0.2/plain/accuracy")
     assert 0.0 <= accuracy.value <= 1.0
 
@@ -199,7 +219,106 @@ def test_reports_under_ddp_count_each_example_once(trained_checkpoint: Path, tmp
             assert len(set(single["index"].tolist())) == 7
     ddp_acts, one_acts = torch.load(tmp_path / "ddp" / "acts.pt"), torch.load(tmp_path / "one" / "acts.pt")
     # PGD's start is seeded per example, so attack outcomes do not depend on the batching or the ranks.
-    assert torch.equal(ddp_acts["attacked"], one_acts["attacked"])
-    assert torch.allclose(ddp_acts["acts"], one_acts["acts"], rtol=1e-4)
+    for attack in ("fgsm", "bim", "pgd"):
+        assert torch.equal(ddp_acts[f"{attack}/attacked"], one_acts[f"{attack}/attacked"])
+        assert torch.allclose(ddp_acts[f"{attack}/acts"], one_acts[f"{attack}/acts"], rtol=1e-4)
     ddp_summary = json.loads((tmp_path / "ddp" / "acts.json").read_text())
-    assert ddp_summary["examples"] == 7 and not math.isnan(ddp_summary["levels"][0]["adversarial_accuracy"])
+    assert ddp_summary["examples"] == 7
+    assert not math.isnan(ddp_summary["attacks"]["pgd"]["levels"][0]["adversarial_accuracy"])
+
+
+def _synthetic_acts_rows(protocol: ACTSProtocol, examples: int = 8) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    rows = {"index": torch.arange(examples)}
+    levels, ks = len(protocol.eps_levels), len(protocol.top_k_values)
+    for attack in protocol.attacks:
+        rows[f"{attack}/attacked"] = torch.rand(examples, levels, generator=generator) < 0.4
+        top_k = (torch.rand(examples, levels, 1, generator=generator) * 5 + 0.1).expand(-1, -1, ks).clone()
+        top_k[0, 0, :] = 1000.0  # one example no class can reach
+        rows[f"{attack}/acts_top_k"] = top_k
+        rows[f"{attack}/acts"] = top_k[:, :, protocol.top_k_values.index(protocol.top_k)]
+        rows[f"{attack}/attack_seconds"] = torch.full((examples, levels), 0.02)
+        rows[f"{attack}/score_seconds"] = torch.full((examples, levels), 0.01)
+    for norm in protocol.clever_norms:
+        rows[f"clever_{norm}"] = torch.rand(examples, generator=generator)
+        rows[f"clever_{norm}_seconds"] = torch.full((examples,), 3.0)
+    return rows
+
+
+def _markdown_table(text: str, caption: str) -> list[list[str]]:
+    """The rows (cells) of the table under ``caption``, header first, the |---| rule left out."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(caption)) + 2
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if not line.startswith("|---"):
+            table.append([cell.strip() for cell in line.strip("|").split("|")])
+    return table
+
+
+def test_acts_table_layouts_have_one_row_per_attack_and_model() -> None:
+    from lightning_modules.acts_report import summarise_acts
+    from lightning_modules.acts_tables import acts_markdown
+
+    protocol = ACTSProtocol(eps_levels=[0.1, 0.2, 0.3], attacks=["pgd", "fgsm", "bim"], top_k=10,
+                            top_k_values=[1, 5], clever_norms=["l2", "linf"])
+    assert protocol.attacks == ["fgsm", "bim", "pgd"] and protocol.top_k_values == [1, 5, 10]
+    rows = _synthetic_acts_rows(protocol)
+    summary = summarise_acts(rows, protocol, bins=10, clean_accuracy=0.5,
+                             metadata={"model": "resnet50", "weights": "as built", "labels": "predicted"})
+    json.dumps(summary)  # serialisable
+    text = acts_markdown(summary)
+    assert "weights: as built" in text and "model's own predictions" in text
+    levels = ["N1 (eps 0.1)", "N2 (eps 0.2)", "N3 (eps 0.3)"]
+    table1 = _markdown_table(text, "Table 1")
+    assert table1[0] == ["Attack", "Model", "Clean", *levels]
+    assert [row[:3] for row in table1[1:]] == [["FGSM", "resnet50", "50.00%"], ["BIM", "resnet50", "50.00%"],
+                                               ["PGD", "resnet50", "50.00%"]]
+    fooled = int(rows["bim/attacked"][:, 1].sum())
+    assert table1[2][4] == f"{100 * 0.5 * (1 - fooled / 8):.2f}% ({fooled}/8)"
+    table2 = _markdown_table(text, "Table 2")
+    assert table2[0] == ["Attack", "Model", *levels] and [row[0] for row in table2[1:]] == ["FGSM", "BIM", "PGD"]
+    table3 = _markdown_table(text, "Table 3")
+    assert table3[0] == ["Attack", "Model", "N1->N2", "N1->N3", "N2->N3"] and len(table3) == 4
+    flips = summary["attacks"]["pgd"]["attack_flips"]
+    assert table3[3][2:] == [str(flips[key]) for key in ("N1->N2", "N1->N3", "N2->N3")]
+    table5 = _markdown_table(text, "Table 5")
+    assert [row[:3] for row in table5[1:4]] == [["FGSM", "resnet50", f"ACTS-{k}"] for k in (1, 5, 10)]
+    assert len(table5) == 1 + 3 * 3
+    table6 = _markdown_table(text, "Table 6")
+    assert [row[1] for row in table6[1:]] == ["L_2 CLEVER", "L_inf CLEVER", "ACTS (FGSM, one-step)",
+                                              "ACTS (BIM, 3-step)", "ACTS (PGD, 3-step)"]
+    assert table6[3][2:] == ["0.03", "0.02", "0.01", "100x"]  # 3 s of CLEVER against 0.03 s of ACTS
+    table7 = _markdown_table(text, "Table 7")
+    assert [row[:3] for row in table7[1:4]] == [["FGSM", "resnet50", "L_2 CLEVER"],
+                                                ["FGSM", "resnet50", "L_inf CLEVER"], ["FGSM", "resnet50", "ACTS"]]
+    assert len(table7) == 1 + 3 * 3
+    for row in table2[1:] + table5[1:] + table7[1:]:
+        for cell in row[-3:]:
+            overlap = float(cell.split("%")[0])
+            assert 0.0 <= overlap <= 50.0
+
+
+def test_acts_scores_for_several_k_match_acts_score() -> None:
+    from bounds.acts import acts_score
+    from bounds.attacks import bim
+    from lightning_modules.acts_report import acts_scores
+    from lightning_modules.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lenet", (1, 28, 28), 10).eval()
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    y = model(x).argmax(dim=1)
+    result = bim(model, x, y, eps=0.1, step_size=0.05, steps=3)
+    scores = acts_scores(model, x, result, [1, 5, 10])
+    for column, k in enumerate((1, 5, 10)):
+        torch.testing.assert_close(scores[:, column], acts_score(model, x, y, attack=result, top_k=k))
+
+
+def test_acts_protocol_rejects_unknown_attacks_naming_the_accepted_ones() -> None:
+    with pytest.raises(ValueError, match="fgsm, bim, pgd"):
+        ACTSProtocol(eps_levels=[0.1], attacks=["pgd", "cw"])
+    with pytest.raises(SystemExit):
+        certify.main(["--config", "normal_lenet.yaml", "--certify.acts_attacks=[fgsm, cw]", *QUIET])
