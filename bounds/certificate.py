@@ -12,10 +12,11 @@ CertificationKind = Literal["asymmetric", "nonuniform", "uniform"]
 class Certificate:
     """Certified per-pixel radii of a batch of examples.
 
-    Guarantee: for every example with ``certified[b]`` true, interval propagation over the box
-    ``[x - eps_lower, x + eps_upper]`` (intersected with the input range when ``clip_to_input_range``
-    was asked for) proves ``lower[y] - upper[j] >= delta`` for every class ``j != y``, so every input
-    in the box keeps the label ``y``.
+    Guarantee: for every example with ``certified[b]`` true, the bound method the certificate was computed
+    with (interval propagation for ``method="ibp"``; CROWN, or CROWN with optimised slopes, for the linear
+    methods, each evaluated on exactly this box) proves that the lower bound of ``f_y - f_j`` over the box
+    ``[x - eps_lower, x + eps_upper]`` (intersected with the input range when ``clip_to_input_range`` was asked
+    for) is at least ``delta`` for every class ``j != y``, so every input in the box keeps the label ``y``.
 
     Attributes:
         kind: ``"asymmetric"`` (Amoeba), ``"nonuniform"`` (Liu et al. 2019, ``eps_lower == eps_upper``

@@ -278,21 +278,30 @@ def patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ..
     spec_hw = (hs, ws)
     # Largest window tensor per example (a MaxPool step briefly holds kernel-size times its output's windows).
     largest = max(g.kernel[0] * g.kernel[1] * shape[0] for g, shape in zip(geometries, shapes, strict=False))
-    per_example = 2 * channels * hs * ws * largest
-    chunk = max(1, _CHUNK_ELEMENTS // per_example)
+    per_row = hs * ws * largest  # one specification row (a channel of one side) of one example
+    chunk = max(1, _CHUNK_ELEMENTS // (2 * channels * per_row))
+    # Wide layers (e.g. cnn_7layer's 128-channel maps) do not fit one example at a time: then the rows are split
+    # too, which bounds the memory at about _CHUNK_ELEMENTS window entries whatever the width.
+    rows = max(1, min(2 * channels, _CHUNK_ELEMENTS // per_row))
     eye = torch.eye(channels, dtype=in_lower.dtype, device=in_lower.device)
     identity = torch.cat([eye, -eye]).view(1, 2 * channels, 1, 1, channels, 1, 1)
-    identity = identity.expand(1, 2 * channels, hs, ws, channels, 1, 1)
     zero = in_lower.new_zeros(1, 2 * channels, hs, ws)
     mid, rad = (in_upper + in_lower) / 2, ((in_upper - in_lower) / 2).clamp(min=0)
     lowers, uppers = [], []
     for begin in range(0, in_lower.shape[0], chunk):
         end = min(in_lower.shape[0], begin + chunk)
         part = {k: v.rows(begin, end) for k, v in relaxations.items() if k < stop}
-        coeffs, offset = _back_substitute(layers, shapes, part, stop, geometries, spec_hw, identity, zero)
         windows_mid = _windows(mid[begin:end], geometries[0], spec_hw)
         windows_rad = _windows(rad[begin:end], geometries[0], spec_hw)
-        bound = _sum_window(coeffs * windows_mid) - _sum_window(coeffs.abs() * windows_rad) + offset
+        bounds = []
+        for first in range(0, 2 * channels, rows):
+            last = min(2 * channels, first + rows)
+            start = identity[:, first:last].expand(1, last - first, hs, ws, channels, 1, 1)
+            coeffs, offset = _back_substitute(layers, shapes, part, stop, geometries, spec_hw, start,
+                                              zero[:, first:last])
+            bounds.append(_sum_window(coeffs * windows_mid) - _sum_window(coeffs.abs() * windows_rad) + offset)
+            del coeffs
+        bound = torch.cat(bounds, 1)
         lowers.append(bound[:, :channels])
         uppers.append(-bound[:, channels:])
     return torch.cat(lowers), torch.cat(uppers)

@@ -16,11 +16,10 @@ from torch.utils.data import DataLoader, TensorDataset
 import train
 from bounds.acts import acts_score
 from bounds.analysis import geometric_mean_width
-from bounds.attacks import pgd
+from bounds.attacks import per_example_pgd, pgd
 from bounds.certify import certify
 from bounds.normalization import InputNormalization
 from callbacks import ACTSCallback, AmoebaBoundCallback
-from callbacks.acts import per_example_pgd
 from datamodules import MNISTDataModule
 from lightning_modules import AdversarialClassifier, ImageClassifier
 

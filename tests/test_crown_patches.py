@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import bounds.crown as crown
+import bounds.crown_patches as crown_patches
 from bounds.certify import certify
 from bounds.crown import _backward, _build, _concretize, crown_margin_bounds
 from bounds.crown_patches import patch_bounds, patches_apply
@@ -70,7 +71,11 @@ def _dense_reference(layers, shapes, relaxations, stop, lower, upper):
 
 @pytest.mark.parametrize(("builder", "shape", "stops"), CASES)
 @pytest.mark.parametrize("radius", [0.05, 0.3])
-def test_windows_equal_dense_back_substitution_and_enclose_samples(builder, shape, stops, radius):
+@pytest.mark.parametrize("split_rows", [False, True])
+def test_windows_equal_dense_back_substitution_and_enclose_samples(builder, shape, stops, radius, split_rows,
+                                                                   monkeypatch):
+    if split_rows:  # a tiny memory budget: one example's specification rows are processed a few at a time
+        monkeypatch.setattr(crown_patches, "_CHUNK_ELEMENTS", 4096)
     model = builder(0)
     torch.manual_seed(1)
     x = torch.rand(3, *shape, dtype=torch.float64)

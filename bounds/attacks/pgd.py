@@ -137,3 +137,31 @@ def pgd(
         x_adv = x_adv.detach()
         success = final_success(model, x_adv, y, targeted)
     return AttackResult(adversarial=x_adv, steps=increments, success=success, num_init_steps=num_init)
+
+
+_SEED_STRIDE = 1_000_003  # example seeds seed * stride + index never collide for indices below it
+
+
+def per_example_pgd(model: nn.Module, x: Tensor, y: Tensor, index: Tensor, *, eps: float, step_size: float,
+                    steps: int, seed: int, input_range: tuple[float, float] | None) -> AttackResult:
+    """l_inf PGD whose random start depends only on ``(seed, index)`` of each example, not on the batch.
+
+    :func:`bounds.attacks.pgd` draws the start of a whole batch from one generator, so an example's start would
+    depend on which examples share its batch (and so on the number of DDP ranks). Here each example's start
+    ``x + (2u - 1) eps`` (clamped to the input range) comes from its own generator; PGD then runs from it
+    without a random start, constrained by ``box`` to the original ``[x - eps, x + eps]`` (its own ball of
+    radius ``2 eps`` around the start contains that cube). The iterates are those of PGD with that start; the
+    start is returned as the first, non-attack step (``num_init_steps = 1``), as :func:`bounds.attacks.pgd` does.
+    """
+    noise = torch.stack([
+        torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(seed * _SEED_STRIDE + int(i)))
+        for i in index.tolist()
+    ]).to(device=x.device, dtype=x.dtype)
+    start = x + (2 * noise - 1) * eps
+    if input_range is not None:
+        start = start.clamp(*input_range)
+    box = ((start - (x - eps)).clamp(min=0), ((x + eps) - start).clamp(min=0))
+    result = pgd(model, start, y, eps=2 * eps, step_size=step_size, steps=steps, random_start=False,
+                 input_range=input_range, box=box)
+    steps_taken = torch.cat([(start - x).unsqueeze(0), result.steps])
+    return AttackResult(adversarial=result.adversarial, steps=steps_taken, success=result.success, num_init_steps=1)

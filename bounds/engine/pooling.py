@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 from bounds.engine.box import Box
 from bounds.engine.registry import Call, Operator, parameters, register
@@ -38,9 +39,44 @@ class Pooling(Operator):
         self.layer(call)
 
 
+def _tiling_kernel(layer: nn.MaxPool2d, shape: torch.Size) -> tuple[int, int] | None:
+    """The kernel ``(kh, kw)`` when the windows tile the map (stride = kernel, no padding or dilation), else None."""
+    kernel = _pair(layer.kernel_size)
+    stride = _pair(layer.stride if layer.stride is not None else layer.kernel_size)
+    if stride != kernel or _pair(layer.padding) != (0, 0) or _pair(layer.dilation) != (1, 1):
+        return None
+    if layer.ceil_mode and (shape[-2] % kernel[0] or shape[-1] % kernel[1]):
+        return None
+    return kernel
+
+
+def _tiled_maximum(values: Tensor, kernel: tuple[int, int]) -> Tensor:
+    """``max_pool2d`` with stride = kernel as elementwise maxima of the ``kh * kw`` strided sub-grids (exact).
+
+    Without autograd this is ~20x faster than ``max_pool2d`` on a CPU (measured on LeNet's 200x6x28x28
+    maps, one thread); with autograd ``max_pool2d``'s own backward is faster, so it is used there.
+    """
+    kh, kw = kernel
+    values = values[..., : values.shape[-2] // kh * kh, : values.shape[-1] // kw * kw]
+    out = values[..., 0::kh, 0::kw]
+    for i in range(kh):
+        for j in range(kw):
+            if i or j:
+                out = torch.maximum(out, values[..., i::kh, j::kw])
+    return out
+
+
 @register(modules=(nn.MaxPool2d,), functions=(F.max_pool2d,))
 class MaxPool2d(Pooling):
     title = "MaxPool2d (without return_indices)"
+
+    def interval(self, call: Call) -> Box:
+        layer = self.layer(call)
+        lower, upper = call.box().ends()
+        kernel = _tiling_kernel(layer, lower.shape)
+        if kernel is None or lower.requires_grad or upper.requires_grad:
+            return Box(lower=layer(lower), upper=layer(upper))
+        return Box(lower=_tiled_maximum(lower, kernel), upper=_tiled_maximum(upper, kernel))
 
     def layer(self, call: Call) -> nn.Module:
         if call.module is not None:
