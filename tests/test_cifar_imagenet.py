@@ -247,9 +247,8 @@ def test_cifar10_configs_run(config: str, tmp_path: Path) -> None:
 
 
 CNN7_FULL_CROWN = pytest.mark.skip(
-    reason="certify.py's CROWN (full CROWN intermediate bounds) needs more than 13.7 GB for one 3x32x32 example of "
-           "cnn_7layer on the CPU (killed by the OOM killer); CROWN-IBP intermediates take 1 GB / 5 s, but "
-           "certify.py does not expose them")
+    reason="one full CROWN bound of one 3x32x32 cnn_7layer example takes 3-7 minutes on a 2-core CPU (2.5 GB) and "
+           "a CROWN certification needs about ten per example: too slow for the test suite (README, Model zoo)")
 
 
 @pytest.mark.slow
