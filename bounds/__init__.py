@@ -4,7 +4,8 @@ Nothing here imports from the rest of the repository, so every function works on
 
 - Bounds and certification (Amoeba): :func:`interval_bounds`, :func:`margin_lower_bounds`, :func:`certify`
   -> :class:`Certificate`; CROWN linear relaxation: :func:`crown_margin_bounds`, :func:`linear_margin_bounds`
-  (``certify(..., method="crown")``).
+  (``certify(..., method="crown")``); alpha-CROWN (optimised ReLU slopes): :func:`alpha_crown_margin_bounds`,
+  :func:`alpha_linear_margin_bounds` (``certify(..., method="alpha-crown")``).
 - Attacks: :func:`fgsm`, :func:`bim`, :func:`pgd`, :func:`carlini_wagner_l2` -> :class:`AttackResult`;
   bound-guided attacks (Amoeba Algorithm 2): :func:`guided_masks`, :func:`guided_attack`.
 - Scores: :func:`acts_score` (ACTS), :func:`clever_score` (CLEVER), :func:`overlap_percent`, :func:`score_auroc`.
@@ -13,6 +14,8 @@ Nothing here imports from the rest of the repository, so every function works on
 """
 
 from bounds.acts import acts_score
+from bounds.alpha_crown import AlphaOptions, alpha_crown_margin_bounds, alpha_linear_margin_bounds
+from bounds.alpha_search import AlphaWarmStart
 from bounds.analysis import (
     bound_heatmap,
     explorer_map,
@@ -35,12 +38,16 @@ from bounds.normalization import InputNormalization
 from bounds.overlap import overlap_percent, score_auroc
 
 __all__ = [
+    "AlphaOptions",
+    "AlphaWarmStart",
     "AttackResult",
     "Certificate",
     "InputNormalization",
     "LinearMarginBound",
     "UnsupportedLayerError",
     "acts_score",
+    "alpha_crown_margin_bounds",
+    "alpha_linear_margin_bounds",
     "bim",
     "bound_heatmap",
     "carlini_wagner_l2",

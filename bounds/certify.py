@@ -3,7 +3,8 @@
 :func:`certify` is the one entry point. Every returned box is re-verified with the chosen bound method
 (:func:`~bounds.interval.interval_bounds`, or :func:`~bounds.crown.crown_margin_bounds`, which is never looser)
 before it is reported: an example is certified only if the margin specification (lower bound of
-``f_y - f_j >= delta`` for all ``j != y``) holds on its final box.
+``f_y - f_j >= delta`` for all ``j != y``) holds on its final box. ``method="alpha-crown"``
+(:mod:`bounds.alpha_crown`) runs the CROWN searches with optimised ReLU slopes, warm-started from round to round.
 """
 
 import time
@@ -13,11 +14,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from bounds.alpha_search import AlphaWarmStart
 from bounds.certificate import Certificate
 from bounds.interval import check_model_input, check_supported
 from bounds.lagrangian import LagrangianOptions, log_width_objective, optimise_radii
 from bounds.linear_certify import crown_optimise_radii, crown_uniform_radius
-from bounds.margins import Method, validate_labels
+from bounds.margins import METHODS, Method, validate_labels
 from bounds.modes import evaluation_mode
 from bounds.uniform import min_margin, uniform_radius
 
@@ -28,7 +30,7 @@ _RANGE_ATOL = 1e-6
 
 Kind = Literal["asymmetric", "nonuniform", "uniform"]
 _KINDS = ("asymmetric", "nonuniform", "uniform")
-_METHODS = ("ibp", "crown")
+_LINEAR = ("crown", "alpha-crown")  # the methods certified by linear relaxations (bounds.linear_certify)
 # CROWN boxes failing the final check (rare: the fresh relaxation on the exact box is not guaranteed to be at
 # least as tight as the one they were solved on) are shrunk by this factor up to _RETRIES times.
 _RETRY_SHRINK = 0.9
@@ -98,40 +100,66 @@ def _certify_chunk(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: flo
     ibp_radius = uniform_radius(model, xs, ys, delta=target, input_range=input_range, bracket=bracket,
                                 rtol=uniform_rtol)
     radius = ibp_radius
-    if method == "crown":
+    if method in _LINEAR:
         # A box interval propagation certifies is certified by CROWN too (never looser): CROWN's searches start
         # from the interval solution where it is better, so method="crown" never reports a smaller box.
         crown_radius = crown_uniform_radius(model, xs, ys, target=target, input_range=input_range,
-                                            rounds=crown_rounds + 2 if kind == "uniform" else crown_rounds,
+                                            rounds=2 * crown_rounds + 2,
                                             cap=bracket)
         radius = torch.maximum(ibp_radius, crown_radius)
+    # alpha-CROWN goes on from CROWN's results with its own bound (never looser on any box: CROWN's box is its
+    # fallback), its slopes carried from round to round, so it never reports a smaller box than method="crown".
+    linear_radius, alpha = radius, None
+    if method == "alpha-crown":
+        alpha = AlphaWarmStart(xs.shape[0])
+        alpha_radius = crown_uniform_radius(model, xs, ys, target=target, input_range=input_range,
+                                            rounds=crown_rounds, cap=bracket, alpha=alpha, start=radius)
+        radius = torch.maximum(radius, alpha_radius)
     # An example without a certified uniform radius (e.g. a clean margin below delta) has no box to start from:
     # it stays uncertified with zero radii, and the rest of the batch goes on without it.
     live = radius > 0
     if not bool(live.all()):
         index, xs, ys, radius, ibp_radius = index[live], xs[live], ys[live], radius[live], ibp_radius[live]
+        linear_radius = linear_radius[live]
+        alpha = alpha.select(live.nonzero().squeeze(1)) if alpha is not None else None
         if index.numel() == 0:
             return eps_lower, eps_upper, certified
         view = (xs.shape[0], *view[1:])
     low = radius.view(view).expand_as(xs)
     up = low
+    fallback_low = fallback_up = linear_radius.view(view).expand_as(xs)  # method="crown"'s box
     if kind != "uniform":
         opt_low, opt_up = optimise_radii(model, xs, ys, ibp_radius, symmetric=kind == "nonuniform", delta=delta,
                                          target=target, input_range=input_range, options=options, progress=progress)
-        if method == "crown":
-            start_low, start_up = _better_box(xs, opt_low, opt_up, low, up, input_range)
-            opt_low, opt_up = crown_optimise_radii(model, xs, ys, start_low, start_up, radius,
+        if method in _LINEAR:
+            start_low, start_up = _better_box(xs, opt_low, opt_up, fallback_low, fallback_up, input_range)
+            opt_low, opt_up = crown_optimise_radii(model, xs, ys, start_low, start_up, linear_radius,
                                                    symmetric=kind == "nonuniform", target=target,
                                                    input_range=input_range, rounds=crown_rounds)
         # Keep the better of the optimised box and the (feasible) uniform box, by Problem 2's objective.
-        low, up = _better_box(xs, opt_low, opt_up, low, up, input_range)
+        fallback_low, fallback_up = _better_box(xs, opt_low, opt_up, fallback_low, fallback_up, input_range)
+        low, up = fallback_low, fallback_up
+        if alpha is not None:
+            start_low, start_up = _better_box(xs, radius.view(view).expand_as(xs), radius.view(view).expand_as(xs),
+                                              fallback_low, fallback_up, input_range)
+            opt_low, opt_up = crown_optimise_radii(model, xs, ys, start_low, start_up, radius,
+                                                   symmetric=kind == "nonuniform", target=target,
+                                                   input_range=input_range, rounds=crown_rounds, alpha=alpha)
+            low, up = _better_box(xs, opt_low, opt_up, start_low, start_up, input_range)
     with torch.no_grad():
         if input_range is not None:  # report the clipped box's radii
             low = torch.minimum(low, xs - input_range[0]).clamp(min=0)
             up = torch.minimum(up, input_range[1] - xs).clamp(min=0)
+            fallback_low = torch.minimum(fallback_low, xs - input_range[0]).clamp(min=0)
+            fallback_up = torch.minimum(fallback_up, input_range[1] - xs).clamp(min=0)
         # Final check (always): re-verify exactly the reported box [x - eps_lower, x + eps_upper].
         ok = min_margin(model, xs - low, xs + up, ys, method) >= delta
-        if method == "crown":
+        back = (~ok).nonzero().squeeze(1) if alpha is not None else ok.new_zeros(0, dtype=torch.long)
+        if back.numel():  # alpha-CROWN's box failed: CROWN's box, which alpha-CROWN certifies whenever CROWN does
+            low, up = low.clone(), up.clone()
+            low[back], up[back] = fallback_low[back], fallback_up[back]
+            ok[back] = min_margin(model, xs[back] - low[back], xs[back] + up[back], ys[back], method) >= delta
+        if method in _LINEAR:
             low, up = low.clone(), up.clone()
             for _ in range(_RETRIES):
                 retry = (~ok & (radius > 0)).nonzero().squeeze(1)
@@ -220,11 +248,16 @@ def certify(
             :mod:`bounds.crown`, never looser than IBP). With ``"crown"`` the interval solution is computed first
             (it is certified by CROWN too), then the radii are grown on CROWN relaxations in closed form
             (:mod:`bounds.linear_certify`: a few relaxations per example) from the better of the interval solution
-            and CROWN's near-largest uniform radius, so no example gets a smaller box than with ``"ibp"``; the
-            final check is a fresh CROWN (and IBP) evaluation of exactly the returned box.
+            and CROWN's largest uniform radius, so no example gets a smaller box than with ``"ibp"``; the
+            final check is a fresh CROWN (and IBP) evaluation of exactly the returned box. ``"alpha-crown"``
+            (:mod:`bounds.alpha_crown`, chain models only) runs all of that, then goes on from CROWN's radius and
+            box with alpha-CROWN relaxations (``crown_rounds`` more passes for the uniform radius, ``crown_rounds``
+            more rounds for the other kinds), each example's slopes warm-started from its previous round
+            (:class:`~bounds.alpha_search.AlphaWarmStart`); its final check is alpha-CROWN's, with CROWN's box as
+            the fallback, so no example gets a smaller box than with ``"crown"``.
         crown_rounds: Relaxations (network passes of CROWN) per example for the non-uniform and asymmetric
-            kinds with ``method="crown"``; the uniform radius (alone, or as their warm start) uses
-            ``crown_rounds + 2`` (alone) or ``crown_rounds`` (warm start) more, plus one at zero width.
+            kinds with ``method="crown"``; the uniform radius (alone, or as their warm start) is searched with at
+            most ``2 * crown_rounds + 2`` more, plus one at zero width (it stops per example once converged).
 
     Returns:
         A :class:`~bounds.certificate.Certificate` with radii shaped like ``x`` on ``x``'s device.
@@ -237,8 +270,8 @@ def certify(
     """
     start = time.perf_counter()
     _validate(model, x, y, kind, delta, clip_to_input_range, input_range, uniform_rtol, batch_size)
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if crown_rounds < 1:
         raise ValueError(f"crown_rounds must be positive, got {crown_rounds}")
     check_supported(model)

@@ -181,12 +181,17 @@ def _backward(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]]
 
 
 def _activation_backward(relax: Relaxation, coeffs: Tensor, offset: Tensor) -> tuple[Tensor, Tensor]:
-    """``[Lambda]_+`` takes the lower line, ``[Lambda]_-`` the upper line (Theorem 3.2); ``relax`` is ``(B, ...)``."""
+    """``[Lambda]_+`` takes the lower line, ``[Lambda]_-`` the upper line (Theorem 3.2); ``relax`` is ``(B, ...)``.
+
+    A ``per_spec`` relaxation (alpha-CROWN) has one lower slope per row of ``Lambda``: ``slope_l (B, S, ...)``.
+    """
     negative = coeffs.clamp(max=0)
     offset = offset + (negative.flatten(2) @ relax.icpt_u.flatten(1).unsqueeze(2)).squeeze(2)
     if relax.has_icpt_l:
         positive = coeffs - negative
         offset = offset + (positive.flatten(2) @ relax.icpt_l.flatten(1).unsqueeze(2)).squeeze(2)
+    if relax.per_spec:
+        return torch.addcmul(coeffs * relax.slope_l, negative, relax.slope_u.unsqueeze(1) - relax.slope_l), offset
     coeffs = torch.addcmul(coeffs * relax.slope_l.unsqueeze(1), negative, (relax.slope_u - relax.slope_l).unsqueeze(1))
     return coeffs, offset
 
@@ -302,9 +307,12 @@ def check_crown_layer(layer: nn.Module, path: str) -> None:
         raise UnsupportedLayerError(f"LeakyReLU(negative_slope={layer.negative_slope}) (concave) for CROWN", path)
 
 
-def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Intermediate
+def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Intermediate,
+           record: dict[int, tuple[Tensor, Tensor]] | None = None
            ) -> tuple[list[tuple[str, nn.Module]], list[tuple[int, ...]], Relaxations, Tensor, Tensor]:
     """Walk the model forward: intermediate bounds (IBP, tightened by CROWN) and every layer's relaxation.
+
+    ``record``, if given, receives the input bounds ``(l, u)`` of every nonlinear layer by layer index.
 
     Returns:
         ``(layers, shapes, relaxations, out_lower, out_upper)`` where ``out_*`` are the interval bounds of the
@@ -333,6 +341,8 @@ def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Interme
                 box_l, box_u = _intermediate_crown(layers, shapes, relaxations, i, box_l, box_u, lower, upper,
                                                    only_unstable=_only_unstable(layers, i))
             relaxations[i] = relax_layer(layer, box_l, box_u)
+            if record is not None:
+                record[i] = (box_l, box_u)
             seen_nonlinear = True
             affine_since_nonlinear = False
         elif layer_type not in (nn.Flatten, nn.Identity, nn.Dropout):
@@ -457,7 +467,7 @@ def crown_margin_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tenso
         >>> layer = nn.Linear(2, 2)
         >>> with torch.no_grad():
         ...     _ = layer.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]])); _ = layer.bias.zero_()
-        >>> crown_margin_bounds(layer, torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([0]))
+        >>> crown_margin_bounds(layer, torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([0])).detach()
         tensor([[inf, -1.]])
     """
     try:

@@ -35,6 +35,9 @@ class Relaxation:
     """Linear bounds ``slope_l z + icpt_l <= sigma(z) <= slope_u z + icpt_u`` of one activation layer.
 
     Every tensor has the layer's input shape ``(B, ...)``; ``has_icpt_l`` is ``False`` when ``icpt_l`` is zero.
+    With ``per_spec``, ``slope_l`` alone is ``(B, S, ...)``: one lower line per specification row (alpha-CROWN's
+    optimised slopes, Xu et al. ICLR 2021, :mod:`bounds.alpha_crown`); only the dense back-substitution
+    (:func:`bounds.crown._backward`) takes such a relaxation, not the windowed one (:mod:`bounds.crown_patches`).
     """
 
     slope_l: Tensor
@@ -42,11 +45,12 @@ class Relaxation:
     slope_u: Tensor
     icpt_u: Tensor
     has_icpt_l: bool = True
+    per_spec: bool = False
 
     def rows(self, begin: int, end: int) -> "Relaxation":
         """The relaxation of examples ``begin:end``."""
         return Relaxation(self.slope_l[begin:end], self.icpt_l[begin:end], self.slope_u[begin:end],
-                          self.icpt_u[begin:end], self.has_icpt_l)
+                          self.icpt_u[begin:end], self.has_icpt_l, self.per_spec)
 
     def at_pool_selection(self, pool: "PoolRelaxation") -> "Relaxation":
         """This activation's lines at the entries a following max-pool relaxation selects (pool's output shape).
@@ -60,8 +64,15 @@ class Relaxation:
         def pick(values: Tensor) -> Tensor:
             return values.flatten(2).gather(2, index).view_as(pool.index)
 
-        return Relaxation(pick(self.slope_l), pick(self.icpt_l) if self.has_icpt_l else pool.top.new_zeros(()),
-                          pick(self.slope_u), pick(self.icpt_u), self.has_icpt_l)
+        if self.per_spec:  # (B, S, C, H, W): the same selected entries for every specification row
+            batch, specs = max(self.slope_l.shape[0], index.shape[0]), self.slope_l.shape[1]
+            spread = index.unsqueeze(1).expand(batch, specs, *index.shape[1:])
+            slope_l = self.slope_l.expand(batch, *self.slope_l.shape[1:]).flatten(3).gather(3, spread)
+            slope_l = slope_l.view(batch, specs, *pool.index.shape[1:])
+        else:
+            slope_l = pick(self.slope_l)
+        return Relaxation(slope_l, pick(self.icpt_l) if self.has_icpt_l else pool.top.new_zeros(()),
+                          pick(self.slope_u), pick(self.icpt_u), self.has_icpt_l, self.per_spec)
 
 
 @dataclass

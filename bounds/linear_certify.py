@@ -34,6 +34,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from bounds.alpha_search import AlphaWarmStart
 from bounds.crown import Intermediate, LinearMarginBound, linear_margin_bounds
 from bounds.uniform import clipped_box
 
@@ -153,12 +154,19 @@ def _uniform_on_relaxation(p: Tensor, q: Tensor, d: Tensor, c1: Tensor, c2: Tens
 
 
 def _relaxation(model: nn.Module, x: Tensor, y: Tensor, r_lower: Tensor, r_upper: Tensor,
-                input_range: tuple[float, float] | None, intermediate: Intermediate, target: float
+                input_range: tuple[float, float] | None, intermediate: Intermediate, target: float,
+                alpha: AlphaWarmStart | None = None, index: Tensor | None = None
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Build CROWN on the (clipped) box ``[x - r_lower, x + r_upper]``; return ``P, Q, d`` and the caps."""
+    """Build CROWN on the (clipped) box ``[x - r_lower, x + r_upper]``; return ``P, Q, d`` and the caps.
+
+    With ``alpha``: alpha-CROWN, warm-started from the slopes of the search's examples ``index`` (all if ``None``).
+    """
     lower, upper = clipped_box(x, r_lower, r_upper, input_range)
     with torch.no_grad():
-        bound = linear_margin_bounds(model, lower, upper, y, intermediate=intermediate)
+        if alpha is None:
+            bound = linear_margin_bounds(model, lower, upper, y, intermediate=intermediate)
+        else:
+            bound = alpha.linear_bound(model, lower, upper, y, index, intermediate)
         p, q, d = _linear_parts(bound, x, y, target)
     c1, c2 = _caps(x, r_lower, r_upper, input_range)
     return p, q, d, c1, c2
@@ -185,7 +193,8 @@ def _model_root(g0: Tensor, s0: Tensor, a: Tensor, g_a: Tensor, h: Tensor, g_h: 
 
 def crown_uniform_radius(model: nn.Module, x: Tensor, y: Tensor, *, target: float,
                          input_range: tuple[float, float] | None = None, rounds: int = 10,
-                         intermediate: Intermediate = "crown", cap: float = 2.0, rtol: float = 4e-3) -> Tensor:
+                         intermediate: Intermediate = "crown", cap: float = 2.0, rtol: float = 4e-3,
+                         alpha: AlphaWarmStart | None = None, start: Tensor | None = None) -> Tensor:
     """The largest uniform radius CROWN certifies, by a safeguarded root search on the CROWN bound.
 
     Let ``g(R) = min_j m_j(R, R) - target`` be CROWN's margin bound on the (clipped) box of radius ``R``, built
@@ -213,6 +222,11 @@ def crown_uniform_radius(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
         intermediate: Intermediate bounds of CROWN (``"crown"`` or ``"ibp"``).
         cap: Largest radius considered.
         rtol: Relative width of the final bracket.
+        alpha: Search on alpha-CROWN's bound instead (:mod:`bounds.alpha_crown`), its slopes carried from pass to
+            pass (:class:`~bounds.alpha_search.AlphaWarmStart`; the zero-width pass stays CROWN: no neuron is
+            unstable there).
+        start: First radius to try instead of half the linearisation's root (e.g. a radius certified by CROWN,
+            when refining it with ``alpha``).
 
     Returns:
         Radii ``(B,)``: certified by a CROWN relaxation (``0`` where not even ``x`` is certified).
@@ -230,7 +244,7 @@ def crown_uniform_radius(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
     slope_zero = g_zero.clamp(min=0) / linear_root  # g is linear at small radii
     # The linearisation's root overestimates CROWN's by 2-6x on the zoo's models (no neuron is unstable at
     # zero width); half of it is a cheaper first box.
-    guess = 0.5 * linear_root
+    guess = 0.5 * linear_root if start is None else start.clamp(min=1e-6 * cap, max=cap)
     low = torch.zeros(batch, dtype=x.dtype, device=x.device)
     anchor, g_anchor = low.clone(), g_zero.clamp(min=0)  # the last certified evaluation
     high, g_high = radius_cap.clone(), torch.full_like(low, -math.inf)  # -inf: no failure seen yet
@@ -243,7 +257,7 @@ def crown_uniform_radius(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
         index = (~done).nonzero().squeeze(1)
         r_view = guess[index].view(-1, *view[1:])
         xi, yi = x[index], y[index]
-        p, q, d, c1, c2 = _relaxation(model, xi, yi, r_view, r_view, input_range, intermediate, target)
+        p, q, d, c1, c2 = _relaxation(model, xi, yi, r_view, r_view, input_range, intermediate, target, alpha, index)
         reach = guess[index]
         g_now = (d - (p @ c1.unsqueeze(2) + q @ c2.unsqueeze(2)).squeeze(2)).min(1).values
         certified_below = _uniform_on_relaxation(p, q, d, c1, c2, reach)
@@ -281,7 +295,8 @@ def crown_uniform_radius(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
 def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Tensor, init_upper: Tensor,
                          floor: Tensor, *, symmetric: bool, target: float,
                          input_range: tuple[float, float] | None = None, rounds: int = 4, steps: int = 200,
-                         intermediate: Intermediate = "crown") -> tuple[Tensor, Tensor]:
+                         intermediate: Intermediate = "crown", alpha: AlphaWarmStart | None = None
+                         ) -> tuple[Tensor, Tensor]:
     """Per-pixel radii (asymmetric, or non-uniform when ``symmetric``) certified by CROWN relaxations.
 
     Round ``k`` builds CROWN on ``[x - g_k e1, x + g_k e2]`` around the best radii so far (``g_k = 1 + 1/k``,
@@ -303,6 +318,8 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Ten
         rounds: Relaxations (network passes of CROWN).
         steps: Dual steps per round.
         intermediate: Intermediate bounds of CROWN (``"crown"`` or ``"ibp"``).
+        alpha: Relax with alpha-CROWN instead, the slopes of every example carried from round to round
+            (:class:`~bounds.alpha_search.AlphaWarmStart`, one entry per example of ``x``).
 
     Returns:
         ``(eps_lower, eps_upper)`` shaped like ``x``, certified by the relaxation of some round or equal to the
@@ -317,7 +334,7 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Ten
         growth = 1 + 1 / k
         r_lower = (best_l * growth).clamp(min=floor)
         r_upper = (best_u * growth).clamp(min=floor)
-        p, q, d, c1, c2 = _relaxation(model, x, y, r_lower, r_upper, input_range, intermediate, target)
+        p, q, d, c1, c2 = _relaxation(model, x, y, r_lower, r_upper, input_range, intermediate, target, alpha)
         e1, e2 = solve_box_problem(p, q, d, c1, c2, symmetric=symmetric, steps=steps)
         objective = torch.where((d > 0).all(1), _log_width(e1, e2), torch.full_like(best, -math.inf))
         better = (objective > best).view(view)

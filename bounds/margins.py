@@ -66,11 +66,12 @@ def margins_from_bounds(out_lower: Tensor, out_upper: Tensor, y: Tensor) -> Tens
     return margins.masked_fill(is_true, float("inf"))
 
 
-Method = Literal["ibp", "crown"]
+Method = Literal["ibp", "crown", "alpha-crown"]
+METHODS: tuple[str, ...] = ("ibp", "crown", "alpha-crown")
 
 
 def margin_lower_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor, method: Method = "ibp") -> Tensor:
-    """Lower bounds of ``f(x)[y] - f(x)[j]`` over the box ``[lower, upper]`` by interval propagation or CROWN.
+    """Lower bounds of ``f(x)[y] - f(x)[j]`` over the box ``[lower, upper]`` by IBP, CROWN or alpha-CROWN.
 
     This is the specification of Amoeba Problems 1-2: every input of the box is classified as ``y`` if
     ``min_j margin[b, j] > 0``; a certificate with margin ``delta`` needs ``>= delta``.
@@ -80,8 +81,10 @@ def margin_lower_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tenso
         lower: Lower ends of the input box ``(B, ...)``.
         upper: Upper ends of the input box, same shape.
         y: Labels ``(B,)``.
-        method: ``"ibp"`` (Amoeba Theorem 1) or ``"crown"`` (:func:`bounds.crown.crown_margin_bounds`: linear
-            relaxation, never looser than ``"ibp"``).
+        method: ``"ibp"`` (Amoeba Theorem 1), ``"crown"`` (:func:`bounds.crown.crown_margin_bounds`: linear
+            relaxation, never looser than ``"ibp"``) or ``"alpha-crown"``
+            (:func:`bounds.alpha_crown.alpha_crown_margin_bounds`: CROWN with optimised ReLU lower slopes, never
+            looser than ``"crown"``; chain models only).
 
     Returns:
         ``(B, K)``: for IBP ``out_lower[y] - out_upper[j]``; ``+inf`` at ``j == y``.
@@ -94,7 +97,11 @@ def margin_lower_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tenso
         from bounds.crown import crown_margin_bounds  # crown imports this module
 
         return crown_margin_bounds(model, lower, upper, y)
+    if method == "alpha-crown":
+        from bounds.alpha_crown import alpha_crown_margin_bounds  # it imports this module
+
+        return alpha_crown_margin_bounds(model, lower, upper, y)
     if method != "ibp":
-        raise ValueError(f"method must be 'ibp' or 'crown', got {method!r}")
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     out_lower, out_upper = interval_bounds(model, lower, upper)
     return margins_from_bounds(out_lower, out_upper, y)

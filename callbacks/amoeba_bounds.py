@@ -13,6 +13,7 @@ from bounds.analysis import bound_heatmap, explorer_map, geometric_mean_width
 from bounds.certify import certify
 from bounds.errors import UnsupportedLayerError
 from bounds.interval import check_supported
+from bounds.margins import METHODS
 from callbacks._shared import (
     ExampleIndexer,
     ExampleStore,
@@ -69,7 +70,8 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
 
     **Network**: ``model_attribute`` if given, else ``pl_module.model`` if it is an ``nn.Module``, else
     ``pl_module``. Its forward must trace into operators the bound engine supports (:mod:`bounds.engine`:
-    custom forwards, functional calls and residual connections are fine, with either method);
+    custom forwards, functional calls and residual connections are fine, with ``ibp`` and ``crown``; ``alpha-crown``
+    needs a chain of layers);
     otherwise one warning names the operator, its path and source line, and the callback does nothing for the
     rest of the run (training goes on). Any error raised while certifying is turned into a warning too, and the
     callback stops.
@@ -96,9 +98,11 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
             ``hparams.input_range``, else ``(-1, 1)`` (the bisection bracket; boxes are not clipped unless asked).
         iterations: Augmented-Lagrangian iterations of the non-uniform and asymmetric kinds (cost is about
             linear in it).
-        method: Bound method: ``"ibp"`` (interval propagation) or ``"crown"`` (linear relaxation: much wider
-            boxes, slower: about 0.6 s per LeNet example and kind on one CPU thread).
-        crown_rounds: CROWN relaxations per example (``method="crown"`` only; fewer: faster, narrower boxes).
+        method: Bound method: ``"ibp"`` (interval propagation), ``"crown"`` (linear relaxation: much wider
+            boxes, slower: about 0.6 s per LeNet example and kind on one CPU thread) or ``"alpha-crown"`` (CROWN
+            with optimised ReLU slopes, :mod:`bounds.alpha_crown`: boxes never smaller than ``"crown"``'s, slower).
+        crown_rounds: CROWN relaxations per example (``method="crown"`` or ``"alpha-crown"``; fewer: faster,
+            narrower boxes).
 
     Raises:
         ValueError: On invalid arguments.
@@ -117,7 +121,7 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
         model_attribute: str | Sequence[str] | None = None,
         input_range: tuple[float, float] | None = None,
         iterations: int = 100,
-        method: Literal["ibp", "crown"] = "ibp",
+        method: Literal["ibp", "crown", "alpha-crown"] = "ibp",
         crown_rounds: int = 4,
     ) -> None:
         super().__init__()
@@ -134,6 +138,8 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
         check_positive("seed", seed, minimum=0)
         check_positive("iterations", iterations, minimum=0)
         check_positive("crown_rounds", crown_rounds)
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.kinds: tuple[str, ...] = kinds
         self.num_examples = num_examples
         self.every_n_epochs = every_n_epochs
