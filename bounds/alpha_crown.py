@@ -37,12 +37,12 @@ from bounds.crown import (
     _build,
     _concretize,
     _margin_bound,
-    _margin_spec,
+    chain_margin_spec,
 )
 from bounds.engine.chain import NotAChainError
 from bounds.errors import UnsupportedLayerError
 from bounds.layer_relaxations import Relaxations
-from bounds.margins import margins_from_bounds, validate_labels
+from bounds.margins import margins_from_bounds
 
 
 def optimise_alphas(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], relaxations: Relaxations,
@@ -115,13 +115,7 @@ def _alpha_build(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor, inte
         raise UnsupportedLayerError(type(model).__name__, "", "alpha-CROWN (method='alpha-crown') is implemented "
                                     "for models that trace into a chain of layers; this graph branches (residual "
                                     "additions, concatenations): use method='crown'") from error
-    if len(shapes[-1]) != 1:
-        raise ValueError(f"the model must output logits (B, K), got per-example shape {shapes[-1]}")
-    batch, classes = lower.shape[0], shapes[-1][0]
-    validate_labels(y, batch, classes)
-    y = y.to(lower.device)
-    spec, others = _margin_spec(y, classes, lower.dtype)
-    zero = torch.zeros(batch, classes - 1, dtype=lower.dtype, device=lower.device)
+    y, spec, others, zero = chain_margin_spec(shapes, lower, y)
     if options.optimise_intermediate and options.iterations > 0:
         coeffs, offset, state = optimise_jointly(layers, shapes, relaxations, record, spec, lower, upper, options,
                                                  warm)

@@ -361,6 +361,20 @@ def _margin_spec(y: Tensor, classes: int, dtype: torch.dtype) -> tuple[Tensor, T
     return spec, others
 
 
+def chain_margin_spec(shapes: list[tuple[int, ...]], lower: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Check the chain outputs logits and the labels fit; ``(y, spec, others, zero offset)`` of the margins.
+
+    Shared by CROWN's final back-substitution here and alpha-CROWN's (:mod:`bounds.alpha_crown`).
+    """
+    if len(shapes[-1]) != 1:
+        raise ValueError(f"the model must output logits (B, K), got per-example shape {shapes[-1]}")
+    batch, classes = lower.shape[0], shapes[-1][0]
+    validate_labels(y, batch, classes)
+    y = y.to(lower.device)
+    spec, others = _margin_spec(y, classes, lower.dtype)
+    return y, spec, others, torch.zeros(batch, classes - 1, dtype=lower.dtype, device=lower.device)
+
+
 def linear_margin_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor, *,
                          intermediate: Intermediate = "crown") -> LinearMarginBound:
     """The CROWN linear lower bound of the margins ``f_y - f_j`` on the box ``[lower, upper]``.
@@ -395,13 +409,7 @@ def linear_margin_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tens
 
 def _final_linear(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]],
                   relaxations: Relaxations, lower: Tensor, upper: Tensor, y: Tensor) -> LinearMarginBound:
-    if len(shapes[-1]) != 1:
-        raise ValueError(f"the model must output logits (B, K), got per-example shape {shapes[-1]}")
-    batch, classes = lower.shape[0], shapes[-1][0]
-    validate_labels(y, batch, classes)
-    y = y.to(lower.device)
-    spec, others = _margin_spec(y, classes, lower.dtype)
-    zero = torch.zeros(batch, classes - 1, dtype=lower.dtype, device=lower.device)
+    y, spec, others, zero = chain_margin_spec(shapes, lower, y)
     coeffs, offset = _backward(layers, shapes, relaxations, spec, zero, len(layers))
     return _margin_bound(coeffs, offset, others, lower, upper)
 
@@ -467,7 +475,8 @@ def crown_margin_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tenso
         >>> layer = nn.Linear(2, 2)
         >>> with torch.no_grad():
         ...     _ = layer.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]])); _ = layer.bias.zero_()
-        >>> crown_margin_bounds(layer, torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([0])).detach()
+        >>> lower, upper = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0]])
+        >>> crown_margin_bounds(layer, lower, upper, torch.tensor([0])).detach()
         tensor([[inf, -1.]])
     """
     try:
