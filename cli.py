@@ -16,6 +16,9 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from bounds.certificate import Kind
+from bounds.margins import Method
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 DEFAULT_ACTS_EPS = (0.175, 0.225, 0.275)
@@ -97,7 +100,7 @@ class CertifyOptions:
     def __init__(
         self,
         num_examples: int = 2000,
-        kinds: list[Literal["uniform", "nonuniform", "asymmetric"]] | None = None,
+        kinds: list[Kind] | None = None,
         batch_size: int = 200,
         delta: float = 1e-4,
         clip_to_input_range: bool = False,
@@ -106,7 +109,7 @@ class CertifyOptions:
         seed: int = 0,
         labels: Literal["dataset", "predicted"] = "dataset",
         allow_no_checkpoint: bool = False,
-        method: Literal["ibp", "crown", "alpha-crown"] = "ibp",
+        method: Method = "ibp",
         crown_rounds: int = 4,
         attacks: bool = True,
         attack_num_examples: int = 200,

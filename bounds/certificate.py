@@ -5,7 +5,9 @@ from typing import Literal
 
 import torch
 
-CertificationKind = Literal["asymmetric", "nonuniform", "uniform"]
+Kind = Literal["uniform", "nonuniform", "asymmetric"]
+"""The certification kinds (Amoeba Section 4): a scalar radius, symmetric per-pixel radii, per-pixel ``eps1, eps2``."""
+KINDS: tuple[str, ...] = ("uniform", "nonuniform", "asymmetric")
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class Certificate:
         seconds: Wall-clock seconds the whole batch took.
     """
 
-    kind: CertificationKind
+    kind: Kind
     eps_lower: torch.Tensor
     eps_upper: torch.Tensor
     certified: torch.Tensor

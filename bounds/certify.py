@@ -8,14 +8,13 @@ before it is reported: an example is certified only if the margin specification 
 """
 
 import time
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from bounds.alpha_search import AlphaWarmStart
-from bounds.certificate import Certificate
+from bounds.certificate import KINDS, Certificate, Kind
 from bounds.interval import check_model_input, check_supported
 from bounds.lagrangian import LagrangianOptions, log_width_objective, optimise_radii
 from bounds.linear_certify import crown_optimise_radii, crown_uniform_radius
@@ -28,8 +27,6 @@ from bounds.uniform import min_margin, uniform_radius
 _TARGET_SLACK = 0.05
 _RANGE_ATOL = 1e-6
 
-Kind = Literal["asymmetric", "nonuniform", "uniform"]
-_KINDS = ("asymmetric", "nonuniform", "uniform")
 _LINEAR = ("crown", "alpha-crown")  # the methods certified by linear relaxations (bounds.linear_certify)
 # CROWN boxes failing the final check (rare: the fresh relaxation on the exact box is not guaranteed to be at
 # least as tight as the one they were solved on) are shrunk by this factor up to _RETRIES times.
@@ -39,8 +36,8 @@ _RETRIES = 3
 
 def _validate(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: float, clip: bool,
               input_range: tuple[float, float], uniform_rtol: float, batch_size: int | None) -> None:
-    if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
         raise ValueError(f"x must be a floating tensor (B, ...), got {getattr(x, 'dtype', type(x))} of shape "
                          f"{tuple(getattr(x, 'shape', ()))}")

@@ -1,7 +1,7 @@
 """Lightning callback that certifies a fixed validation subset with Amoeba bounds and logs widths and maps."""
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -10,10 +10,11 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from bounds.analysis import bound_heatmap, explorer_map, geometric_mean_width
+from bounds.certificate import KINDS, Kind
 from bounds.certify import certify
 from bounds.errors import UnsupportedLayerError
 from bounds.interval import check_supported
-from bounds.margins import METHODS
+from bounds.margins import METHODS, Method
 from callbacks._shared import (
     ExampleIndexer,
     ExampleStore,
@@ -31,8 +32,6 @@ from callbacks._shared import (
 )
 from callbacks.figures import colormap_grid
 
-Kind = Literal["uniform", "nonuniform", "asymmetric"]
-_KINDS = ("uniform", "nonuniform", "asymmetric")
 _FIELDS = ("width", "certified", "eps_lower", "eps_upper")
 _IMAGE_FIELDS = ("inputs", "heatmap", "explorer")
 
@@ -121,13 +120,13 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
         model_attribute: str | Sequence[str] | None = None,
         input_range: tuple[float, float] | None = None,
         iterations: int = 100,
-        method: Literal["ibp", "crown", "alpha-crown"] = "ibp",
+        method: Method = "ibp",
         crown_rounds: int = 4,
     ) -> None:
         super().__init__()
         kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
-        if not kinds or len(set(kinds)) != len(kinds) or any(kind not in _KINDS for kind in kinds):
-            raise ValueError(f"kinds must be distinct values among {_KINDS}, got {kinds!r}")
+        if not kinds or len(set(kinds)) != len(kinds) or any(kind not in KINDS for kind in kinds):
+            raise ValueError(f"kinds must be distinct values among {KINDS}, got {kinds!r}")
         check_positive("num_examples", num_examples)
         check_positive("every_n_epochs", every_n_epochs)
         if batch_size is not None:
