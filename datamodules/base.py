@@ -47,6 +47,24 @@ def check_optional_cap(name: str, value: int | None) -> None:
         check_positive_int(name, value)
 
 
+def held_out_split(size: int, val_size: int, seed: int, where: str) -> tuple[list[int], list[int]]:
+    """Split ``range(size)`` by a permutation seeded with ``seed``: ``(train indices, val_size held-out indices)``.
+
+    Args:
+        size: Number of training images in the file(s).
+        val_size: Images to hold out for validation.
+        seed: Seed of the permutation.
+        where: Where the images come from, for the message (e.g. ``"in 'data/cifar-10-batches-py'"``).
+
+    Raises:
+        ValueError: If ``val_size`` leaves no training image.
+    """
+    if val_size >= size:
+        raise ValueError(f"val_size={val_size} must be smaller than the {size} training images {where}")
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order[val_size:], order[:val_size]
+
+
 def cap_dataset(dataset: Dataset, limit: int | None) -> Dataset:
     """Keep only the first ``limit`` examples of ``dataset`` (all of them when ``limit`` is ``None``).
 

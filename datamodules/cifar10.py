@@ -17,7 +17,6 @@ image padded by 4 pixels (zeros) and a random horizontal flip.
 import logging
 import os
 
-import torch
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
@@ -27,6 +26,7 @@ from datamodules.base import (
     cap_dataset,
     check_optional_cap,
     check_positive_int,
+    held_out_split,
 )
 
 logger = logging.getLogger("datamodules")
@@ -130,15 +130,10 @@ class CIFAR10DataModule(ClassificationDataModule):
                 "download them."
             )
         full_train, test = self._load(train=True), self._load(train=False)
-        if self.val_size >= len(full_train):
-            raise ValueError(
-                f"val_size={self.val_size} must be smaller than the {len(full_train)} training images in "
-                f"'{self.folder}'"
-            )
-        order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        train_index, val_index = held_out_split(len(full_train), self.val_size, self.seed, f"in '{self.folder}'")
         plain = transforms.ToTensor()
-        train = TransformedSubset(full_train, order[self.val_size :], self.train_transform())
-        val = TransformedSubset(full_train, order[: self.val_size], plain)
+        train = TransformedSubset(full_train, train_index, self.train_transform())
+        val = TransformedSubset(full_train, val_index, plain)
         return (
             cap_dataset(train, self.max_train_examples),
             cap_dataset(val, self.max_eval_examples),

@@ -28,7 +28,13 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 
-from datamodules.base import ClassificationDataModule, cap_dataset, check_optional_cap, check_positive_int
+from datamodules.base import (
+    ClassificationDataModule,
+    cap_dataset,
+    check_optional_cap,
+    check_positive_int,
+    held_out_split,
+)
 
 logger = logging.getLogger("datamodules")
 
@@ -273,13 +279,9 @@ class MNISTLikeDataModule(ClassificationDataModule):
         transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
         full_train = self.torchvision_class(root=self.data_dir, train=True, transform=transform, download=False)
         test = self.torchvision_class(root=self.data_dir, train=False, transform=transform, download=False)
-        if self.val_size >= len(full_train):
-            raise ValueError(
-                f"val_size={self.val_size} must be smaller than the {len(full_train)} training images of "
-                f"{self.dataset_name} in '{self.raw_folder}'"
-            )
-        order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(self.seed)).tolist()
-        return Subset(full_train, order[self.val_size :]), Subset(full_train, order[: self.val_size]), test
+        train_index, val_index = held_out_split(len(full_train), self.val_size, self.seed,
+                                                f"of {self.dataset_name} in '{self.raw_folder}'")
+        return Subset(full_train, train_index), Subset(full_train, val_index), test
 
     def _source_description(self) -> str:
         if self.resolved_source == "torchvision":

@@ -8,11 +8,16 @@ held out of the 73,257 training images with ``seed``; the 26,032 test images are
 import logging
 import os
 
-import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
-from datamodules.base import ClassificationDataModule, cap_dataset, check_optional_cap, check_positive_int
+from datamodules.base import (
+    ClassificationDataModule,
+    cap_dataset,
+    check_optional_cap,
+    check_positive_int,
+    held_out_split,
+)
 
 logger = logging.getLogger("datamodules")
 
@@ -97,13 +102,9 @@ class SVHNDataModule(ClassificationDataModule):
         transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
         full_train = self._load("train", transform)
         test = self._load("test", transform)
-        if self.val_size >= len(full_train):
-            raise ValueError(
-                f"val_size={self.val_size} must be smaller than the {len(full_train)} training images in "
-                f"'{self.expected_files()[0]}'"
-            )
-        order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(self.seed)).tolist()
-        train, val = Subset(full_train, order[self.val_size :]), Subset(full_train, order[: self.val_size])
+        train_index, val_index = held_out_split(len(full_train), self.val_size, self.seed,
+                                                f"in '{self.expected_files()[0]}'")
+        train, val = Subset(full_train, train_index), Subset(full_train, val_index)
         return (
             cap_dataset(train, self.max_train_examples),
             cap_dataset(val, self.max_eval_examples),
