@@ -18,12 +18,11 @@ seconds per example:
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from bench_certify import correctly_classified, trained_model
+from bench_engine import best_seconds
 from torch import nn
 
 from bounds import alpha_crown_margin_bounds, certify, crown_margin_bounds
@@ -35,16 +34,6 @@ def cnn_4layer(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(3, 16, 4, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 4, 2, 1), nn.ReLU(), nn.Flatten(),
                          nn.Linear(32 * 8 * 8, 100), nn.ReLU(), nn.Linear(100, 10)).eval()
-
-
-def best_seconds(function: Callable[[], object], repeats: int) -> float:
-    """The fastest of ``repeats`` runs of ``function`` (seconds)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def models(args: argparse.Namespace) -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor, tuple[float, ...]]]:

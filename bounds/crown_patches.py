@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from bounds.engine.pooling import as_pair, pool_stride
 from bounds.errors import UnsupportedLayerError
 from bounds.layer_relaxations import (
     ACTIVATIONS,
@@ -40,9 +41,7 @@ from bounds.layer_relaxations import (
     Relaxations,
     activation_below_pool,
     affine_parts,
-    as_pair,
     conv_leading_padding,
-    pool_stride,
 )
 from bounds.normalization import InputNormalization
 

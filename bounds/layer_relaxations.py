@@ -26,6 +26,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from bounds.engine.affine import batch_norm_parts
+from bounds.engine.pooling import as_pair, pool_stride
 from bounds.errors import UnsupportedLayerError
 from bounds.normalization import InputNormalization
 
@@ -190,16 +191,6 @@ def _pool_arguments(layer: nn.MaxPool2d | nn.AvgPool2d) -> dict[str, object]:
     """Keyword arguments of ``F.max_pool2d`` describing ``layer``'s windows."""
     return {"kernel_size": layer.kernel_size, "stride": layer.stride, "padding": layer.padding,
             "dilation": layer.dilation, "ceil_mode": layer.ceil_mode}
-
-
-def as_pair(value: int | tuple[int, ...]) -> tuple[int, int]:
-    """``3 -> (3, 3)``; pairs unchanged."""
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def pool_stride(layer: nn.MaxPool2d | nn.AvgPool2d) -> tuple[int, int]:
-    """A pooling layer's stride per axis (``None`` means the kernel size, as in ``F.max_pool2d``)."""
-    return as_pair(layer.stride if layer.stride is not None else layer.kernel_size)
 
 
 def conv_leading_padding(layer: nn.Conv2d) -> tuple[int, int]:

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 
 from bounds.engine.box import Box
 from bounds.engine.registry import Call, Operator, parameters, register
@@ -39,11 +38,20 @@ class Pooling(Operator):
         self.layer(call)
 
 
+def as_pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    """``3 -> (3, 3)``; pairs unchanged."""
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def pool_stride(layer: nn.MaxPool2d | nn.AvgPool2d) -> tuple[int, int]:
+    """A pooling layer's stride per axis (``None`` means the kernel size, as in ``F.max_pool2d``)."""
+    return as_pair(layer.stride if layer.stride is not None else layer.kernel_size)
+
+
 def _tiling_kernel(layer: nn.MaxPool2d, shape: torch.Size) -> tuple[int, int] | None:
     """The kernel ``(kh, kw)`` when the windows tile the map (stride = kernel, no padding or dilation), else None."""
-    kernel = _pair(layer.kernel_size)
-    stride = _pair(layer.stride if layer.stride is not None else layer.kernel_size)
-    if stride != kernel or _pair(layer.padding) != (0, 0) or _pair(layer.dilation) != (1, 1):
+    kernel = as_pair(layer.kernel_size)
+    if pool_stride(layer) != kernel or as_pair(layer.padding) != (0, 0) or as_pair(layer.dilation) != (1, 1):
         return None
     if layer.ceil_mode and (shape[-2] % kernel[0] or shape[-1] % kernel[1]):
         return None
