@@ -5,13 +5,17 @@ Definitions:
 - Geometric-mean width of an example: ``(prod_i (eps1[i] + eps2[i]))^(1/n)`` over its ``n`` input entries
   (Section 4.1, footnote 1: the n-th root of the box volume), computed as ``exp(mean_i log w_i)``; ``0``
   when any width is zero (e.g. uncertified examples).
-- Mean certified width of a certificate: the mean of the geometric-mean widths over certified examples.
+- Mean certified width of a certificate: the mean of the geometric-mean widths over certified examples
+  (:func:`mean_width_over_certified` for gathered rows); :func:`certified_fraction`, :func:`width_ratios`
+  (asymmetric over uniform and non-uniform) complete the summary the callback and ``certify.py`` report.
 - Explorer map: ``eps_upper - eps_lower`` (``eps2 - eps1``, the asymmetry; Table 3's last column).
 - Bound heatmap: ``1 - (eps_lower + eps_upper)`` (Section 4.3: bright pixels have small robustness space).
 - Pairwise statistics of a set of maps (Table 3): the mean over pairs ``i < j`` of the cosine similarity
   of the flattened maps, and of the 1-D Wasserstein distance between the two maps' value distributions
   (each map's entries taken as an empirical distribution, as ``scipy.stats.wasserstein_distance``).
 """
+
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -54,9 +58,63 @@ def geometric_mean_width(cert_or_eps_lower: Certificate | Tensor, eps_upper: Ten
 
 def mean_certified_width(cert: Certificate) -> float:
     """Mean of :func:`geometric_mean_width` over the certified examples (``0.0`` if none is certified)."""
-    if not bool(cert.certified.any()):
+    return mean_width_over_certified(geometric_mean_width(cert), cert.certified)
+
+
+def mean_width_over_certified(widths: Tensor, certified: Tensor) -> float:
+    """Mean of per-example widths over the certified examples, in ``widths``' dtype (``0.0`` if none is certified).
+
+    The one definition of a model's width figure (Amoeba Section 4.1), for a :class:`Certificate`
+    (:func:`mean_certified_width`) or for gathered rows.
+
+    Args:
+        widths: Per-example geometric-mean widths ``(B,)`` (:func:`geometric_mean_width`).
+        certified: Boolean ``(B,)``.
+
+    Returns:
+        The mean width of the certified examples.
+
+    Example:
+        >>> mean_width_over_certified(torch.tensor([0.5, 0.0, 0.25]), torch.tensor([True, False, True]))
+        0.375
+    """
+    if not bool(certified.any()):
         return 0.0
-    return float(geometric_mean_width(cert)[cert.certified].mean())
+    return float(widths[certified].mean())
+
+
+def certified_fraction(certified: Tensor) -> float:
+    """Share of certified examples (computed in float64; ``0.0`` for no examples).
+
+    Example:
+        >>> certified_fraction(torch.tensor([True, False, True, True]))
+        0.75
+    """
+    return float(certified.double().mean()) if certified.numel() else 0.0
+
+
+RATIO_DENOMINATORS = ("uniform", "nonuniform")
+"""The kinds the asymmetric width is compared with ("volume ratio", DESIGN), in reporting order."""
+
+
+def width_ratios(mean_widths: Mapping[str, float]) -> dict[str, float]:
+    """Ratios of the asymmetric mean width to the symmetric kinds' ("volume ratio" between two kinds).
+
+    Args:
+        mean_widths: Kind -> mean certified width (e.g. from :func:`mean_width_over_certified`).
+
+    Returns:
+        ``{other: asymmetric / other}`` for each ``other`` in :data:`RATIO_DENOMINATORS` present with a positive
+        width, when ``"asymmetric"`` is present; in that order.
+
+    Example:
+        >>> width_ratios({"uniform": 0.25, "asymmetric": 0.5, "nonuniform": 0.0})
+        {'uniform': 2.0}
+    """
+    if "asymmetric" not in mean_widths:
+        return {}
+    return {other: mean_widths["asymmetric"] / mean_widths[other] for other in RATIO_DENOMINATORS
+            if other in mean_widths and mean_widths[other] > 0}
 
 
 def explorer_map(cert: Certificate) -> Tensor:

@@ -24,6 +24,7 @@ from scipy import optimize, stats
 from torch import Tensor, nn
 
 from bounds.modes import evaluation_mode
+from bounds.validation import validate_labels
 
 REFERENCE_SHAPE_STARTS = (0.1, 1.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 """The reference code's initial Weibull shapes ``c_init``: one MLE fit from each, the best K-S p-value wins."""
@@ -190,8 +191,7 @@ def clever_score(
         if num_classes < 2:
             raise ValueError(f"CLEVER needs at least 2 classes, got {num_classes}")
         target = logits.argmax(dim=1) if y is None else y.detach().clone().to(x.device)
-        if target.shape != (x.shape[0],):
-            raise ValueError(f"y must have shape [{x.shape[0]}], got {tuple(target.shape)}")
+        validate_labels(target, x.shape[0], num_classes)
         k = num_classes - 1 if top_k is None else min(top_k, num_classes - 1)
         if k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")

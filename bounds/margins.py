@@ -11,31 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from bounds.interval import interval_bounds
-
-
-def validate_labels(y: Tensor, batch: int, num_classes: int | None = None) -> None:
-    """Raise ``ValueError`` unless ``y`` is an integer tensor ``(batch,)`` with values in ``[0, num_classes)``.
-
-    The one label check of every bound and certification function.
-
-    Args:
-        y: Labels.
-        batch: The number of examples.
-        num_classes: The number of logits ``K``; ``None`` skips the range check.
-
-    Raises:
-        ValueError: Naming the dtype and shape found, or the range of the labels.
-    """
-    if not isinstance(y, Tensor):
-        raise ValueError(f"y must be an integer tensor of shape ({batch},), got {type(y).__name__}")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.shape != (batch,):
-        raise ValueError(f"y must be an integer tensor of shape ({batch},), got dtype {y.dtype} and shape "
-                         f"{tuple(y.shape)}")
-    if y.device.type == "meta":
-        raise ValueError("y is on the meta device, which holds no values")
-    if num_classes is not None and batch and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}) (the model has {num_classes} outputs), got range "
-                         f"[{int(y.min())}, {int(y.max())}]")
+from bounds.validation import validate_labels  # also imported from here by bounds.certify and bounds.crown
 
 
 def margins_from_bounds(out_lower: Tensor, out_upper: Tensor, y: Tensor) -> Tensor:

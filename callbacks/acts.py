@@ -2,34 +2,21 @@
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
 from bounds.acts import DEFAULT_C, acts_score
 from bounds.attacks import bim, fgsm, per_example_pgd
 from bounds.overlap import overlap_percent, score_auroc
-from callbacks._shared import (
-    ExampleIndexer,
-    ExampleStore,
-    ValidationSubsetCallback,
-    check_input_range,
-    check_model_attribute,
-    check_positive,
-    isolated,
-    log_scalars,
-    resolve_input_range,
-    resolve_network,
-    split_batch,
-    tensorboard_writer,
-    warn_failure,
-)
+from callbacks.arguments import check_positive
+from callbacks.base import ValidationSubsetCallback
+from callbacks.gathering import Rows
 
-_FIELDS = ("score", "success")
+_STORES = {"scores": ("score", "success")}
 
 
 class ACTSCallback(ValidationSubsetCallback):
@@ -47,7 +34,8 @@ class ACTSCallback(ValidationSubsetCallback):
       of the scores of attacked and surviving examples, on ``bins`` bins spanning the scores below ``C``;
     - ``val/acts/auroc``: AUROC of the score as a predictor of attack success (:func:`bounds.overlap.score_auroc`),
       only when both attacked and surviving examples occur;
-    - TensorBoard histogram ``val/acts/scores`` of the scores below ``C``.
+    - TensorBoard histogram ``val/acts/scores`` of the scores below ``C`` (skipped, with one warning, when no
+      logger is a ``TensorBoardLogger``).
 
     **Labels**: ACTS is defined around the predicted class (Eq. 1), so the attack moves away from the model's
     prediction and "success" means the prediction changed (misclassified examples are not counted as attacked).
@@ -82,6 +70,8 @@ class ACTSCallback(ValidationSubsetCallback):
         ValueError: On invalid arguments.
     """
 
+    work: ClassVar[str] = "scoring"
+
     def __init__(
         self,
         attack: Literal["fgsm", "bim", "pgd"] = "pgd",
@@ -96,7 +86,6 @@ class ACTSCallback(ValidationSubsetCallback):
         model_attribute: str | Sequence[str] | None = None,
         input_range: tuple[float, float] | None = None,
     ) -> None:
-        super().__init__()
         if attack not in ("fgsm", "bim", "pgd"):
             raise ValueError(f"attack must be 'fgsm', 'bim' or 'pgd', got {attack!r}")
         if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
@@ -105,126 +94,55 @@ class ACTSCallback(ValidationSubsetCallback):
             raise ValueError(f"step_size must be positive or None, got {step_size!r}")
         check_positive("steps", steps)
         check_positive("top_k", top_k)
-        check_positive("num_examples", num_examples)
-        check_positive("every_n_epochs", every_n_epochs)
         check_positive("bins", bins)
-        check_positive("seed", seed, minimum=0)
+        super().__init__(_STORES, num_examples=num_examples, every_n_epochs=every_n_epochs, seed=seed,
+                         model_attribute=model_attribute, input_range=input_range)
         self.attack = attack
         self.eps = float(eps)
         self.step_size = float(step_size) if step_size is not None else self.eps / 2
         self.steps = steps
         self.top_k = top_k
-        self.num_examples = num_examples
-        self.every_n_epochs = every_n_epochs
         self.bins = bins
-        self.seed = seed
-        self.model_attribute = check_model_attribute(model_attribute)
-        self.input_range = check_input_range(input_range)
-        self._store = ExampleStore(_FIELDS)
-        self._indexer = ExampleIndexer(type(self).__name__)
-        self._network: nn.Module | None = None
-        self._range: tuple[float, float] | None = None
-        self._disabled = False
-        self._active = False
-        self._failed_here = False
-
-    # ----------------------------------------------------------------------------------------- state
-
-    @property
-    @override
-    def state_key(self) -> str:
-        """Distinct per configuration, so several instances can be checkpointed side by side."""
-        return self._generate_state_key(attack=self.attack, eps=self.eps, num_examples=self.num_examples,
-                                        model_attribute=self.model_attribute)
-
-
-    # ----------------------------------------------------------------------------------------- hooks
 
     @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Pick the classifier and the input range."""
-        self._network, _ = resolve_network(pl_module, self.model_attribute, prefer_inner=False)
-        self._range = resolve_input_range(self.input_range, trainer, pl_module)
-
-
-    @override
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Decide (identically on every rank) whether this validation run scores, and reset the store."""
-        self._active = self._should_run(trainer)
-        if not self._active:
-            return
-        self._failed_here = False
-        self._indexer.start_epoch(trainer)
-        self._store.to(pl_module.device)
-        self._store.start()
-
-    @override
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Score the batch's examples that belong to the fixed subset."""
-        if not self._active or dataloader_idx != 0:
-            return
-        pair = split_batch(batch)
-        if pair is None:
-            self._record_failure(ValueError("validation batches must be (x, y, ...) or a dict with x and y"))
-            return
-        x, _ = pair
-        index = self._indexer.next_batch(x.shape[0])
-        if self._failed_here:
-            return
-        selected = index < self.num_examples
-        if not bool(selected.any()):
-            return
-        try:
-            self.score_batch(x[selected.to(x.device)], index[selected])
-        except Exception as error:  # noqa: BLE001 - a monitoring callback must never stop training
-            self._record_failure(error)
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {"attack": self.attack, "eps": self.eps}
 
     def score_batch(self, x: Tensor, index: Tensor) -> None:
-        """Attack examples ``x`` (dataset indices ``index``), score them and store scores and attack outcomes.
+        """Attack examples ``x`` (dataset indices ``index``), score them and store scores and attack outcomes."""
+        self.process_batch(x, None, index)
+
+    @override
+    def compute_rows(self, network: nn.Module, x: Tensor, y: Tensor | None, index: Tensor) -> dict[str, Rows]:
+        """Attack ``x`` away from the model's prediction and score it: rows ``score`` and ``success``.
 
         Override point for subclasses that want another attack or score.
         """
-        assert self._network is not None
-        network = self._network
-        with isolated(network):
-            x = x.detach().clone()
-            with torch.no_grad():
-                predicted = network(x).argmax(dim=1)
-            if self.attack == "pgd":
-                result = per_example_pgd(network, x, predicted, index, eps=self.eps, step_size=self.step_size,
-                                         steps=self.steps, seed=self.seed, input_range=self._range)
-            elif self.attack == "bim":
-                result = bim(network, x, predicted, eps=self.eps, step_size=self.step_size, steps=self.steps,
-                             input_range=self._range)
-            else:
-                result = fgsm(network, x, predicted, self.eps, input_range=self._range)
-            scores = acts_score(network, x, predicted, attack=result, top_k=self.top_k)
-        self._store.update(index, score=scores, success=result.success)
+        with torch.no_grad():
+            predicted = network(x).argmax(dim=1)
+        if self.attack == "pgd":
+            result = per_example_pgd(network, x, predicted, index, eps=self.eps, step_size=self.step_size,
+                                     steps=self.steps, seed=self.seed, input_range=self._range)
+        elif self.attack == "bim":
+            result = bim(network, x, predicted, eps=self.eps, step_size=self.step_size, steps=self.steps,
+                         input_range=self._range)
+        else:
+            result = fgsm(network, x, predicted, self.eps, input_range=self._range)
+        scores = acts_score(network, x, predicted, attack=result, top_k=self.top_k)
+        return {"scores": {"index": index, "score": scores, "success": result.success}}
 
-    def _record_failure(self, error: BaseException) -> None:
-        if not self._failed_here:
-            self._failed_here = True
-            warn_failure(type(self).__name__, error)
-            self._store.fail()
+    @staticmethod
+    def _scores(results: dict[str, dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
+        """The gathered scores (float64, CPU) and attack outcomes (bool)."""
+        result = results["scores"]
+        return result["score"][:, 0].double().cpu(), result["success"][:, 0].cpu() > 0.5
 
     @override
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Gather the scores on every rank, log the scalars, and write the histogram on rank 0."""
-        if not self._active:
-            return
-        self._active = False
-        result = self._store.compute()  # collective: every rank
-        self._store.reset()
-        if int(result["failures"]) > 0:
-            self._disabled = True
-            rank_zero_warn(f"{type(self).__name__}: scoring failed on a rank (see its warning); the callback is "
-                           "disabled for the rest of this run.")
-            return
-        if result["index"].numel() == 0:
-            return
-        scores = result["score"][:, 0].double().cpu()
-        attacked = result["success"][:, 0].cpu() > 0.5
+    def summarise(self, results: dict[str, dict[str, Tensor]]) -> dict[str, float] | None:
+        """Mean, median, unreachable share, attack success rate, Overlap% and (when defined) AUROC of the scores."""
+        if results["scores"]["index"].numel() == 0:
+            return None
+        scores, attacked = self._scores(results)
         reachable = scores < DEFAULT_C
         scalars = {
             "val/acts/mean": float(scores.mean()),
@@ -238,9 +156,12 @@ class ACTSCallback(ValidationSubsetCallback):
         auroc = score_auroc(scores, attacked)
         if not math.isnan(auroc):
             scalars["val/acts/auroc"] = auroc
-        log_scalars(pl_module, scalars)
-        self._mark_run(trainer)
-        if trainer.is_global_zero and finite.numel():
-            writer = tensorboard_writer(trainer)
-            if writer is not None:
-                writer.add_histogram("val/acts/scores", finite.float(), trainer.global_step, bins="auto")
+        return scalars
+
+    @override
+    def write_tensorboard(self, writer: SummaryWriter, results: dict[str, dict[str, Tensor]], step: int) -> None:
+        """The histogram of the reachable scores (below ``C``)."""
+        scores, _ = self._scores(results)
+        finite = scores[scores < DEFAULT_C]
+        if finite.numel():
+            writer.add_histogram("val/acts/scores", finite.float(), step, bins="auto")

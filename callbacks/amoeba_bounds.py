@@ -1,39 +1,39 @@
 """Lightning callback that certifies a fixed validation subset with Amoeba bounds and logs widths and maps."""
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
-from bounds.analysis import bound_heatmap, explorer_map, geometric_mean_width
+from bounds.analysis import (
+    bound_heatmap,
+    certified_fraction,
+    explorer_map,
+    geometric_mean_width,
+    mean_width_over_certified,
+    width_ratios,
+)
 from bounds.certificate import KINDS, Kind
 from bounds.certify import certify
 from bounds.errors import UnsupportedLayerError
 from bounds.interval import check_supported
 from bounds.margins import METHODS, Method
-from callbacks._shared import (
-    ExampleIndexer,
-    ExampleStore,
-    ValidationSubsetCallback,
-    check_input_range,
-    check_model_attribute,
-    check_positive,
-    isolated,
-    log_scalars,
-    resolve_input_range,
-    resolve_network,
-    split_batch,
-    tensorboard_writer,
-    warn_failure,
-)
+from callbacks.arguments import check_positive
+from callbacks.base import ValidationSubsetCallback
 from callbacks.figures import colormap_grid
+from callbacks.gathering import Rows
 
 _FIELDS = ("width", "certified", "eps_lower", "eps_upper")
 _IMAGE_FIELDS = ("inputs", "heatmap", "explorer")
+
+
+def _images(kind: str) -> str:
+    """The name of the store of ``kind``'s image rows."""
+    return f"{kind}/images"
 
 
 class AmoebaBoundCallback(ValidationSubsetCallback):
@@ -54,6 +54,8 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
     - TensorBoard images of the first ``num_image_examples`` examples: ``val/amoeba/inputs``,
       ``val/amoeba/<kind>/heatmap`` (``1 - (eps1 + eps2)``, Amoeba Figure 4) and
       ``val/amoeba/asymmetric/explorer`` (``eps2 - eps1``, diverging colours; the symmetric kinds have none).
+      Histograms and images go to the ``TensorBoardLogger`` among ``trainer.loggers``; without one they are
+      skipped, with one warning (the scalars reach every logger).
 
     **Labels**: the true labels are certified, so a misclassified example counts as not certified and
     ``certified_fraction`` is the verified accuracy of the subset at margin ``delta``.
@@ -107,6 +109,9 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
         ValueError: On invalid arguments.
     """
 
+    work: ClassVar[str] = "certification"
+    prefers_inner_model: ClassVar[bool] = True
+
     def __init__(
         self,
         kinds: Sequence[Kind] = ("uniform", "asymmetric"),
@@ -123,57 +128,40 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
         method: Method = "ibp",
         crown_rounds: int = 4,
     ) -> None:
-        super().__init__()
         kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
         if not kinds or len(set(kinds)) != len(kinds) or any(kind not in KINDS for kind in kinds):
             raise ValueError(f"kinds must be distinct values among {KINDS}, got {kinds!r}")
-        check_positive("num_examples", num_examples)
-        check_positive("every_n_epochs", every_n_epochs)
         if batch_size is not None:
             check_positive("batch_size", batch_size)
         if not delta > 0:
             raise ValueError(f"delta must be positive, got {delta!r}")
         check_positive("num_image_examples", num_image_examples, minimum=0)
-        check_positive("seed", seed, minimum=0)
         check_positive("iterations", iterations, minimum=0)
         check_positive("crown_rounds", crown_rounds)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        stores = {**{kind: _FIELDS for kind in kinds}, **{_images(kind): _IMAGE_FIELDS for kind in kinds}}
+        super().__init__(stores, num_examples=num_examples, every_n_epochs=every_n_epochs, seed=seed,
+                         model_attribute=model_attribute, input_range=input_range)
         self.kinds: tuple[str, ...] = kinds
-        self.num_examples = num_examples
-        self.every_n_epochs = every_n_epochs
         self.batch_size = batch_size
         self.delta = float(delta)
         self.clip_to_input_range = bool(clip_to_input_range)
         self.num_image_examples = min(num_image_examples, num_examples)
-        self.seed = seed
-        self.model_attribute = check_model_attribute(model_attribute)
-        self.input_range = check_input_range(input_range)
         self.iterations = iterations
         self.method = method
         self.crown_rounds = crown_rounds
-        self._stores = {kind: ExampleStore(_FIELDS) for kind in kinds}
-        self._images = {kind: ExampleStore(_IMAGE_FIELDS) for kind in kinds}
-        self._indexer = ExampleIndexer(type(self).__name__)
-        self._network: nn.Module | None = None
         self._range: tuple[float, float] = (-1.0, 1.0)
-        self._disabled = False
         self._uses_inner = False
         self._warned_unsupported = False
-        self._active = False
-        self._failed_here = False
-        self._input_shape: tuple[int, ...] | None = None
 
     # ----------------------------------------------------------------------------------------- state
 
-    @property
     @override
-    def state_key(self) -> str:
-        """Distinct per configuration, so several instances can be checkpointed side by side."""
-        return self._generate_state_key(kinds=self.kinds, num_examples=self.num_examples,
-                                        model_attribute=self.model_attribute)
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {"kinds": self.kinds}
 
-
+    @override
     def _extra_state(self) -> dict[str, Any]:
         """The certification kinds are part of the subset's definition."""
         return {"kinds": list(self.kinds)}
@@ -181,11 +169,9 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
     # ----------------------------------------------------------------------------------------- setup
 
     @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Pick the network and check that the bound engine supports it (else warn once and skip)."""
-        network, where = resolve_network(pl_module, self.model_attribute, prefer_inner=True)
+    def check_network(self, network: nn.Module, where: str) -> bool:
+        """Check that the bound engine supports the network (else warn once: the callback stays idle)."""
         self._uses_inner = where == "pl_module.model"
-        self._network = None
         try:
             check_supported(network)
         except UnsupportedLayerError as error:
@@ -199,13 +185,16 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
                     "Certification needs a network whose forward traces into supported operators (README: "
                     "'Supported operators'); pass model_attribute to name another one. Training continues."
                 )
-            return
-        self._network = network
-        input_range = resolve_input_range(self.input_range, trainer, pl_module)
-        if input_range is None and self.clip_to_input_range:
+            return False
+        return True
+
+    @override
+    def complete_input_range(self, found: tuple[float, float] | None) -> tuple[float, float]:
+        """The found range, else ``(-1, 1)`` (the bisection bracket); clipping needs a known range."""
+        if found is None and self.clip_to_input_range:
             raise ValueError(f"{type(self).__name__}(clip_to_input_range=True) needs input_range: pass it, or use "
                              "a datamodule or module that defines input_range")
-        self._range = input_range if input_range is not None else (-1.0, 1.0)
+        return found if found is not None else (-1.0, 1.0)
 
     def _qualified_path(self, path: str) -> str:
         """The dotted path of a layer inside the LightningModule (``pl_module.net.3``) from its path in the network."""
@@ -219,112 +208,57 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
         base = f"pl_module.{names[0]}" if names is not None else inner
         return f"{base}.{path}" if path else base
 
-
-    # ----------------------------------------------------------------------------------------- hooks
-
-    @override
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Decide (identically on every rank) whether this validation run certifies, and reset the stores."""
-        self._active = self._should_run(trainer)
-        if not self._active:
-            return
-        self._failed_here = False
-        self._indexer.start_epoch(trainer)
-        for store in (*self._stores.values(), *self._images.values()):
-            store.to(pl_module.device)
-            store.start()
-
-    @override
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Certify the batch's examples that belong to the fixed subset."""
-        if not self._active or dataloader_idx != 0:
-            return
-        pair = split_batch(batch)
-        if pair is None:
-            self._record_failure(ValueError("validation batches must be (x, y, ...) or a dict with x and y"))
-            return
-        x, y = pair
-        self._input_shape = tuple(x.shape[1:])
-        index = self._indexer.next_batch(x.shape[0])
-        if self._failed_here:
-            return
-        selected = index < self.num_examples
-        if not bool(selected.any()):
-            return
-        try:
-            self.certify_batch(x[selected.to(x.device)], y[selected.to(y.device)], index[selected])
-        except Exception as error:  # noqa: BLE001 - a monitoring callback must never stop training
-            self._record_failure(error)
+    # ----------------------------------------------------------------------------------------- rows
 
     def certify_batch(self, x: Tensor, y: Tensor, index: Tensor) -> None:
-        """Certify examples ``x`` (labels ``y``, dataset indices ``index``) with every kind and store the results.
+        """Certify examples ``x`` (labels ``y``, dataset indices ``index``) with every kind and store the results."""
+        self.process_batch(x, y, index)
+
+    @override
+    def compute_rows(self, network: nn.Module, x: Tensor, y: Tensor | None, index: Tensor) -> dict[str, Rows]:
+        """Certify ``x`` with every kind: widths, certified flags and radii, and the image rows of the shown examples.
 
         Override point for subclasses that want other per-example quantities.
         """
-        assert self._network is not None
-        network = self._network
+        assert y is not None
+        y = y.long()
         show = index < self.num_image_examples
-        with isolated(network):
-            x = x.detach().clone()
-            y = y.detach().clone().long()
-            for kind in self.kinds:
-                cert = certify(network, x, y, kind=kind, delta=self.delta, clip_to_input_range=self.clip_to_input_range,
-                               input_range=self._range, seed=self.seed, iterations=self.iterations,
-                               batch_size=self.batch_size, method=self.method,
-                               crown_rounds=self.crown_rounds)
-                self._stores[kind].update(index, width=geometric_mean_width(cert), certified=cert.certified,
-                                          eps_lower=cert.eps_lower, eps_upper=cert.eps_upper)
-                if bool(show.any()):
-                    mask = show.to(x.device)
-                    self._images[kind].update(index[show], inputs=x[mask], heatmap=bound_heatmap(cert)[mask],
-                                              explorer=explorer_map(cert)[mask])
+        rows: dict[str, Rows] = {}
+        for kind in self.kinds:
+            cert = certify(network, x, y, kind=kind, delta=self.delta, clip_to_input_range=self.clip_to_input_range,
+                           input_range=self._range, seed=self.seed, iterations=self.iterations,
+                           batch_size=self.batch_size, method=self.method, crown_rounds=self.crown_rounds)
+            rows[kind] = {"index": index, "width": geometric_mean_width(cert), "certified": cert.certified,
+                          "eps_lower": cert.eps_lower, "eps_upper": cert.eps_upper}
+            if bool(show.any()):
+                mask = show.to(x.device)
+                rows[_images(kind)] = {"index": index[show], "inputs": x[mask], "heatmap": bound_heatmap(cert)[mask],
+                                       "explorer": explorer_map(cert)[mask]}
+        return rows
 
-    def _record_failure(self, error: BaseException) -> None:
-        if not self._failed_here:
-            self._failed_here = True
-            warn_failure(type(self).__name__, error)
-            next(iter(self._stores.values())).fail()
+    # ----------------------------------------------------------------------------------------- summaries
 
     @override
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Gather the results on every rank, log the scalars, and write histograms and images on rank 0."""
-        if not self._active:
-            return
-        self._active = False
-        results = {kind: store.compute() for kind, store in self._stores.items()}  # collectives: every rank
-        images = {kind: store.compute() for kind, store in self._images.items()}
-        for store in (*self._stores.values(), *self._images.values()):
-            store.reset()
-        if int(next(iter(results.values()))["failures"]) > 0:
-            self._disabled = True
-            rank_zero_warn(f"{type(self).__name__}: certification failed on a rank (see its warning); the callback "
-                           "is disabled for the rest of this run.")
-            return
+    def summarise(self, results: dict[str, dict[str, Tensor]]) -> dict[str, float]:
+        """Mean certified width and certified share per kind, and the asymmetric-to-symmetric width ratios."""
         scalars: dict[str, float] = {}
         mean_width: dict[str, float] = {}
-        for kind, result in results.items():
+        for kind in self.kinds:
+            result = results[kind]
             certified = result["certified"][:, 0] > 0.5 if result["index"].numel() else torch.zeros(0, dtype=torch.bool)
-            widths = result["width"][:, 0][certified] if result["index"].numel() else torch.zeros(0)
-            mean_width[kind] = float(widths.mean()) if widths.numel() else 0.0
+            widths = result["width"][:, 0] if result["index"].numel() else torch.zeros(0)
+            mean_width[kind] = mean_width_over_certified(widths, certified)
             scalars[f"val/amoeba/{kind}/mean_width"] = mean_width[kind]
-            scalars[f"val/amoeba/{kind}/certified_fraction"] = float(certified.float().mean()) if certified.numel() \
-                else 0.0
-        for other in ("uniform", "nonuniform"):
-            if "asymmetric" in mean_width and other in mean_width and mean_width[other] > 0:
-                scalars[f"val/amoeba/ratio_asymmetric_{other}"] = mean_width["asymmetric"] / mean_width[other]
-        log_scalars(pl_module, scalars)
-        self._mark_run(trainer)
-        if trainer.is_global_zero:
-            self._write_tensorboard(trainer, results, images)
+            scalars[f"val/amoeba/{kind}/certified_fraction"] = certified_fraction(certified)
+        for other, ratio in width_ratios(mean_width).items():
+            scalars[f"val/amoeba/ratio_asymmetric_{other}"] = ratio
+        return scalars
 
-    def _write_tensorboard(self, trainer: Trainer, results: dict[str, dict[str, Tensor]],
-                           images: dict[str, dict[str, Tensor]]) -> None:
-        writer = tensorboard_writer(trainer)
-        if writer is None:
-            return
-        step = trainer.global_step
-        for kind, result in results.items():
+    @override
+    def write_tensorboard(self, writer: SummaryWriter, results: dict[str, dict[str, Tensor]], step: int) -> None:
+        """Histograms of the certified examples' radii and widths; heatmap, Explorer and input grids."""
+        for kind in self.kinds:
+            result = results[kind]
             if result["index"].numel() == 0:
                 continue
             certified = result["certified"][:, 0] > 0.5
@@ -333,7 +267,8 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
                 writer.add_histogram(f"val/amoeba/{kind}/eps_upper", result["eps_upper"][certified].cpu(), step)
                 writer.add_histogram(f"val/amoeba/{kind}/width", result["width"][certified, 0].cpu(), step)
         shape = self._image_shape()
-        for position, (kind, picture) in enumerate(images.items()):
+        for position, kind in enumerate(self.kinds):
+            picture = results[_images(kind)]
             if picture["index"].numel() == 0 or shape is None:
                 continue
             count = picture["index"].numel()

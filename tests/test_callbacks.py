@@ -483,3 +483,42 @@ def test_quickstart_tensorboard_holds_the_callbacks_output(tmp_path: Path) -> No
     assert ("val/amoeba/uniform/eps_lower" in tags["histograms"]) == certified
     assert "val/acts/scores" in tags["histograms"]
     assert {"val/amoeba/inputs", "val/amoeba/uniform/heatmap", "val/amoeba/asymmetric/explorer"} <= set(tags["images"])
+
+
+# ----------------------------------------------------------------------------------------- other loggers
+
+
+def test_csv_logger_gets_the_scalars_and_one_warning_that_images_are_skipped(tmp_path: Path) -> None:
+    """Without a TensorBoardLogger the scalars still reach the logger; images and histograms are skipped, said once."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    amoeba, acts = AmoebaBoundCallback(**FAST_AMOEBA), ACTSCallback(**FAST_ACTS)
+    run = trainer(tmp_path, [amoeba, acts], max_epochs=2, logger=CSVLogger(tmp_path, name="csv", version=0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.fit(classifier(), datamodule=datamodule())
+    skipped = [str(w.message) for w in caught if "images and histograms are skipped" in str(w.message)]
+    assert len([m for m in skipped if m.startswith("AmoebaBoundCallback")]) == 1, skipped
+    assert len([m for m in skipped if m.startswith("ACTSCallback")]) == 1, skipped
+    assert all("CSVLogger" in message for message in skipped)
+    assert amoeba.runs == 2 and acts.runs == 2
+    with open(Path(run.logger.log_dir) / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for tag in ("val/amoeba/uniform/mean_width", "val/amoeba/asymmetric/certified_fraction", "val/acts/mean"):
+        assert len([row for row in rows if row.get(tag)]) == 2, tag
+
+
+def test_the_tensorboard_logger_among_several_gets_images_and_histograms(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = [CSVLogger(tmp_path, name="csv", version=0), TensorBoardLogger(tmp_path, name="tb", version=0)]
+    amoeba, acts = AmoebaBoundCallback(**FAST_AMOEBA), ACTSCallback(**FAST_ACTS)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [amoeba, acts], logger=loggers).validate(classifier(), datamodule=datamodule())
+    assert not [w for w in caught if "images and histograms are skipped" in str(w.message)]
+    tags = events(str(tmp_path / "tb" / "version_0")).Tags()
+    assert {"val/amoeba/inputs", "val/amoeba/uniform/heatmap", "val/amoeba/asymmetric/explorer"} <= set(tags["images"])
+    assert "val/acts/scores" in tags["histograms"]

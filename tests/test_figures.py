@@ -192,3 +192,10 @@ def test_rgb_maps_and_three_channel_inputs() -> None:
 def test_docstring_examples() -> None:
     result = doctest.testmod(figures, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_colour_scale_docstring_examples() -> None:
+    import callbacks.colour_scales as colour_scales
+
+    result = doctest.testmod(colour_scales, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

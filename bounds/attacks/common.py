@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from bounds.modes import evaluation_mode
+from bounds.validation import validate_labels
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """``loss_fn(logits, labels) -> scalar``; must sum over examples so per-example input gradients are independent."""
@@ -77,10 +78,7 @@ def check_inputs(x: Tensor, y: Tensor) -> None:
     """
     if x.dim() < 2:
         raise ValueError(f"x must be batched with shape [B, ...], got shape {tuple(x.shape)}")
-    if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must have shape [{x.shape[0]}] to match x of shape {tuple(x.shape)}, got {tuple(y.shape)}")
-    if y.dtype.is_floating_point or y.dtype == torch.bool:
-        raise ValueError(f"y must hold integer class indices, got dtype {y.dtype}")
+    validate_labels(y, x.shape[0])
     finite = torch.isfinite(x)
     if not bool(finite.all()):
         raise ValueError(f"x must be finite (found NaN or inf at {int((~finite).sum())} entries)")
