@@ -2,214 +2,27 @@
 
 One YAML file (and the ``config.yaml`` each run saves in its log folder) works for both scripts: every
 top-level key either script reads is declared here, ``--ckpt_path`` included (``run=False`` mode has no
-subcommand to declare it; Lightning issues #12302 and #17447).
+subcommand to declare it; Lightning issues #12302 and #17447), and ``certify`` (the options of ``certify.py``,
+:class:`reporting.options.CertifyOptions`, with one nested group per report). The README's "Configs" and
+"certify.py" sections describe the keys; a key of the former flat ``certify`` layout is refused with its new name
+(:data:`RENAMED_CERTIFY_KEYS`).
 """
 
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
+import yaml
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from bounds.certificate import Kind
-from bounds.margins import Method
+from reporting.options import CertifyOptions
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-DEFAULT_ACTS_EPS = (0.175, 0.225, 0.275)
-"""Default noise levels N1-N3 of the ACTS protocol report (``certify.acts_eps``): measured with
-benchmarks/bench_acts_protocol.py, 3-step PGD fools 12%, ~19%, ~29% of the quickstart robust LeNet's and 24%, ~35%,
-~49% of the normal LeNet's correctly classified test digits at these levels."""
-
-
-class CertifyOptions:
-    """Options of ``certify.py`` (the ``certify:`` group of every config; ``train.py`` ignores them).
-
-    Args:
-        num_examples: Number of correctly classified test examples to certify (the paper uses 2,000).
-        kinds: Certification kinds to run and compare.
-        batch_size: Examples certified together in one batched call.
-        delta: Margin the certificate proves: ``lower[y] - upper[j] >= delta``.
-        clip_to_input_range: Certify the box intersected with the input range (the widths are then those of the
-            clipped box); off by default, as in the paper.
-        output_dir: Folder for the report; default ``<checkpoint folder>/../certify``.
-        num_figure_examples: Examples drawn in the heatmap and Explorer figures.
-        seed: Seed of the certification optimiser (and of the attacks' and CLEVER's random draws).
-        labels: Labels the reports score and certify against: ``dataset`` (the first ``num_examples`` test
-            examples the model classifies correctly) or ``predicted`` (the first ``num_examples`` test examples,
-            labelled with the model's own predictions, e.g. for a model whose weights cannot reach the dataset's
-            accuracy, such as random weights); the reports record which.
-        allow_no_checkpoint: Without ``--ckpt_path``, run on the model as built (random initialisation unless the
-            model loads its own weights, e.g. ``model.weights``); off: ``--ckpt_path`` or ``model.weights`` is needed.
-        method: Bound method of the certification and of its final check: ``ibp`` (interval propagation, Amoeba
-            Theorem 1), ``crown`` (CROWN linear relaxation, never looser than ibp; much wider boxes, slower) or
-            ``alpha-crown`` (CROWN with optimised ReLU slopes, never looser than crown; chain models only).
-        crown_rounds: CROWN relaxations per example with ``method: crown`` (fewer: faster, narrower boxes).
-        attacks: Write the attacks report (Amoeba Table 4: plain, ``^s`` and ``^a`` attacks; ``attacks.json``,
-            ``attacks.md``, ``certify/attacks/...`` tags).
-        attack_num_examples: Cap on the examples attacked (the first ones of the certified examples).
-        attack_fgsm_eps: FGSM l_inf budgets (Amoeba Table 8, MNIST: 0.2 and 0.3).
-        attack_pgd_linf_eps: PGD l_inf budget (Table 8: 0.2).
-        attack_pgd_linf_step_size: PGD l_inf step (Table 8: 0.015).
-        attack_pgd_linf_steps: PGD l_inf steps (Table 8: 20).
-        attack_pgd_l2_eps: PGD l_2 budget (Table 8: 5.0 for MNIST/FMNIST, 10.0 for SVHN).
-        attack_pgd_l2_step_size: PGD l_2 step (Table 8: 0.5).
-        attack_pgd_l2_steps: PGD l_2 steps (Table 8: 20).
-        attack_cw_kappa: C&W confidence (Table 8: 0).
-        attack_cw_search_steps: C&W binary-search steps over its constant (the reference code: 9).
-        attack_cw_max_iterations: C&W Adam iterations per search step (the reference code: 10,000).
-        attack_cw_c_init: C&W's initial constant ``c`` (the reference code: 1e-3).
-        attack_cw_lr: C&W's Adam learning rate (the reference code: 1e-2 with 10,000 iterations).
-        attack_p_start: First proportion of pixels of the guided attacks (Amoeba Algorithm 2).
-        attack_p_step: Increase of the proportion per round of Algorithm 2.
-        attack_p_max: Last proportion of Algorithm 2.
-        acts: Write the ACTS protocol report (ACTS Section 4, Tables 1, 2, 3, 5, 6, 7 and Figs. 3-6; ``acts.json``,
-            ``acts.md``, ``figures/acts_*.png``, ``certify/acts/<attack>/...`` tags).
-        acts_num_examples: Cap on the examples of the ACTS protocol (the first ones of the certified examples).
-        acts_attacks: Attacks of the ACTS protocol, each at every level and scored from its own steps: ``fgsm``
-            (one step of eps), ``bim`` (``acts_steps`` steps, no random start), ``pgd`` (the same from a random
-            start); the ACTS paper runs all three.
-        acts_eps: l_inf noise levels N1 < N2 < N3 of the attacks, in input units (inputs in [-1, 1]); the
-            defaults make PGD fool about 10% to 50% of the quickstart LeNets' examples (the ACTS paper's ImageNet
-            levels on [0, 1] pixels: 0.1/255, 0.2/255, 0.3/255).
-        acts_steps: BIM and PGD steps at every level (the ACTS paper: 3).
-        acts_step_fraction: BIM and PGD step size as a fraction of the level's eps (the ACTS paper: 0.5).
-        acts_top_k: Competing classes of ACTS in every table but Table 5 and in the figures (the ACTS paper: 10).
-        acts_top_k_values: Competing classes of Table 5's rows ACTS-k (the ACTS paper: 10, 20, 50); the scores
-            for all of them come from the same attack and Jacobian-vector product, so extra values cost nothing; a
-            value above the number of classes minus one counts every other class.
-        acts_bins: Histogram bins of Overlap%.
-        clever_norms: CLEVER norms scored beside ACTS (ACTS Table 7 has both); empty for no CLEVER.
-        clever_radius_l2: CLEVER's l_2 sampling radius (and largest score).
-        clever_radius_linf: CLEVER's l_inf sampling radius (and largest score).
-        clever_num_batches: CLEVER's number of batches ``N_b`` (small by default for speed; the paper: 500).
-        clever_batch_size: CLEVER's samples per batch ``N_s`` (small by default for speed; the paper: 1024).
-        clever_paper_sizes: Use the CLEVER paper's 500 x 1024 samples instead of the two options above.
-        clever_top_k: CLEVER's competing classes (1: the runner-up, CLEVER's "top-2" target that ACTS Table 4
-            compares with; ``null``: all classes).
-        clever_max_points_per_pass: CLEVER samples per forward-backward pass (memory; at least
-            ``clever_batch_size``): 1024 suits MNIST-sized inputs; an ImageNet ResNet50 holds the activations of
-            every sample of a pass, so use far fewer there.
-    """
-
-    def __init__(
-        self,
-        num_examples: int = 2000,
-        kinds: list[Kind] | None = None,
-        batch_size: int = 200,
-        delta: float = 1e-4,
-        clip_to_input_range: bool = False,
-        output_dir: str | None = None,
-        num_figure_examples: int = 16,
-        seed: int = 0,
-        labels: Literal["dataset", "predicted"] = "dataset",
-        allow_no_checkpoint: bool = False,
-        method: Method = "ibp",
-        crown_rounds: int = 4,
-        attacks: bool = True,
-        attack_num_examples: int = 200,
-        attack_fgsm_eps: list[float] | None = None,
-        attack_pgd_linf_eps: float = 0.2,
-        attack_pgd_linf_step_size: float = 0.015,
-        attack_pgd_linf_steps: int = 20,
-        attack_pgd_l2_eps: float = 5.0,
-        attack_pgd_l2_step_size: float = 0.5,
-        attack_pgd_l2_steps: int = 20,
-        attack_cw_kappa: float = 0.0,
-        attack_cw_search_steps: int = 6,
-        attack_cw_max_iterations: int = 200,
-        attack_cw_c_init: float = 1e-2,
-        attack_cw_lr: float = 5e-2,
-        attack_p_start: float = 0.1,
-        attack_p_step: float = 0.1,
-        attack_p_max: float = 1.0,
-        acts: bool = True,
-        acts_num_examples: int = 500,
-        acts_attacks: list[Literal["fgsm", "bim", "pgd"]] | None = None,
-        acts_eps: list[float] | None = None,
-        acts_steps: int = 3,
-        acts_step_fraction: float = 0.5,
-        acts_top_k: int = 10,
-        acts_top_k_values: list[int] | None = None,
-        acts_bins: int = 20,
-        clever_norms: list[Literal["l2", "linf"]] | None = None,
-        clever_radius_l2: float = 2.0,
-        clever_radius_linf: float = 0.3,
-        clever_num_batches: int = 20,
-        clever_batch_size: int = 64,
-        clever_paper_sizes: bool = False,
-        clever_top_k: int | None = 1,
-        clever_max_points_per_pass: int = 1024,
-    ) -> None:
-        if num_examples < 1 or batch_size < 1 or num_figure_examples < 0:
-            raise ValueError("num_examples and batch_size must be >= 1 and num_figure_examples >= 0")
-        if crown_rounds < 1:
-            raise ValueError(f"certify.crown_rounds must be >= 1, got {crown_rounds}")
-        if attack_num_examples < 1 or acts_num_examples < 1 or acts_bins < 1:
-            raise ValueError("attack_num_examples, acts_num_examples and acts_bins must be >= 1")
-        fgsm_eps = [0.2, 0.3] if attack_fgsm_eps is None else list(attack_fgsm_eps)
-        levels = list(DEFAULT_ACTS_EPS) if acts_eps is None else list(acts_eps)
-        if len(levels) < 1 or any(e <= 0 for e in levels) or levels != sorted(levels):
-            raise ValueError(f"certify.acts_eps must be positive and increasing, got {levels}")
-        acts_attack_list = ["fgsm", "bim", "pgd"] if acts_attacks is None else list(dict.fromkeys(acts_attacks))
-        if not acts_attack_list or not set(acts_attack_list) <= {"fgsm", "bim", "pgd"}:
-            raise ValueError("certify.acts_attacks must be a non-empty list of fgsm, bim, pgd; "
-                             f"got {acts_attack_list}")
-        top_k_values = [1, 5, 10] if acts_top_k_values is None else sorted(set(acts_top_k_values))
-        if acts_top_k < 1 or not top_k_values or top_k_values[0] < 1:
-            raise ValueError(f"certify.acts_top_k and acts_top_k_values must be >= 1, got {acts_top_k}, {top_k_values}")
-        self.num_examples = num_examples
-        self.kinds = list(kinds) if kinds is not None else ["uniform", "nonuniform", "asymmetric"]
-        self.batch_size = batch_size
-        self.delta = delta
-        self.clip_to_input_range = clip_to_input_range
-        self.output_dir = output_dir
-        self.num_figure_examples = num_figure_examples
-        self.seed = seed
-        self.labels = labels
-        self.allow_no_checkpoint = allow_no_checkpoint
-        self.method = method
-        self.crown_rounds = crown_rounds
-        self.attacks = attacks
-        self.attack_num_examples = attack_num_examples
-        self.attack_fgsm_eps = fgsm_eps
-        self.attack_pgd_linf_eps = attack_pgd_linf_eps
-        self.attack_pgd_linf_step_size = attack_pgd_linf_step_size
-        self.attack_pgd_linf_steps = attack_pgd_linf_steps
-        self.attack_pgd_l2_eps = attack_pgd_l2_eps
-        self.attack_pgd_l2_step_size = attack_pgd_l2_step_size
-        self.attack_pgd_l2_steps = attack_pgd_l2_steps
-        self.attack_cw_kappa = attack_cw_kappa
-        self.attack_cw_search_steps = attack_cw_search_steps
-        self.attack_cw_max_iterations = attack_cw_max_iterations
-        self.attack_cw_c_init = attack_cw_c_init
-        self.attack_cw_lr = attack_cw_lr
-        self.attack_p_start = attack_p_start
-        self.attack_p_step = attack_p_step
-        self.attack_p_max = attack_p_max
-        self.acts = acts
-        self.acts_num_examples = acts_num_examples
-        self.acts_attacks = acts_attack_list
-        self.acts_eps = levels
-        self.acts_steps = acts_steps
-        self.acts_step_fraction = acts_step_fraction
-        self.acts_top_k = acts_top_k
-        self.acts_top_k_values = top_k_values
-        self.acts_bins = acts_bins
-        self.clever_norms = ["l2", "linf"] if clever_norms is None else list(clever_norms)
-        self.clever_radius_l2 = clever_radius_l2
-        self.clever_radius_linf = clever_radius_linf
-        self.clever_num_batches = 500 if clever_paper_sizes else clever_num_batches
-        self.clever_batch_size = 1024 if clever_paper_sizes else clever_batch_size
-        self.clever_paper_sizes = clever_paper_sizes
-        self.clever_top_k = clever_top_k
-        self.clever_max_points_per_pass = clever_max_points_per_pass
-
 
 class RobustCLI(LightningCLI):
     """LightningCLI with the project's links, checkpointing and the declared ``ckpt_path`` and ``certify`` keys."""
@@ -230,6 +43,79 @@ class RobustCLI(LightningCLI):
         )
         for name in ("input_shape", "num_classes", "input_range", "normalization"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+
+_ATTACK_KEYS = ("fgsm_eps", "pgd_linf_eps", "pgd_linf_step_size", "pgd_linf_steps", "pgd_l2_eps", "pgd_l2_step_size",
+                "pgd_l2_steps", "cw_kappa", "cw_search_steps", "cw_max_iterations", "cw_c_init", "cw_lr", "p_start",
+                "p_step", "p_max", "num_examples")
+_ACTS_KEYS = ("num_examples", "attacks", "eps", "steps", "step_fraction", "top_k", "top_k_values", "bins")
+_CLEVER_KEYS = ("norms", "radius_l2", "radius_linf", "num_batches", "batch_size", "paper_sizes", "top_k",
+                "max_points_per_pass")
+RENAMED_CERTIFY_KEYS: dict[str, str] = {
+    "attacks": "attacks.enabled",
+    "acts": "acts.enabled",
+    **{f"attack_{key}": f"attacks.{key}" for key in _ATTACK_KEYS},
+    **{f"acts_{key}": f"acts.{key}" for key in _ACTS_KEYS},
+    **{f"clever_{key}": f"acts.clever.{key}" for key in _CLEVER_KEYS},
+}
+"""Keys of the former flat ``certify`` group -> their place in the nested groups (``attacks`` and ``acts`` were
+booleans and are now groups: their switch is ``enabled``)."""
+
+
+class RenamedOptionError(ValueError):
+    """A config or command line uses a key of the former flat ``certify`` group."""
+
+
+def _renamed(key: str, value: Any) -> str | None:
+    """The new name of ``certify.<key>`` if it is a former flat key (``attacks``/``acts`` only with a boolean)."""
+    if key in ("attacks", "acts"):
+        boolean = isinstance(value, bool) or str(value).strip().lower() in ("true", "false", "yes", "no")
+        return RENAMED_CERTIFY_KEYS[key] if boolean else None
+    return RENAMED_CERTIFY_KEYS.get(key)
+
+
+def _certify_group_of_file(path: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}  # jsonargparse reports unreadable files itself
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def check_renamed_certify_keys(argv: Sequence[str]) -> None:
+    """Refuse keys of the former flat ``certify`` group, naming their new keys.
+
+    Looks at the command line (``--certify.attack_cw_lr=0.1``, ``--certify.attacks false``), at every ``--config``
+    file's ``certify:`` group and at a ``--certify`` file.
+
+    Args:
+        argv: Command-line arguments with resolved ``--config`` paths.
+
+    Raises:
+        RenamedOptionError: Naming every former key found, where it was found and its new key.
+    """
+    found: list[str] = []
+    args = list(argv)
+    for i, arg in enumerate(args):
+        name, has_value, value = arg.partition("=")
+        if not has_value:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        if name == "--config" and value:
+            group = _certify_group_of_file(value).get("certify")
+            where, items = f"certify: in {value}", group.items() if isinstance(group, dict) else ()
+        elif name == "--certify" and value:
+            where, items = f"--certify file {value}", _certify_group_of_file(value).items()
+        elif name.startswith("--certify."):
+            where, items = "the command line", [(name.removeprefix("--certify."), value)]
+        else:
+            continue
+        for key, item in items:
+            new = _renamed(str(key), item)
+            if new is not None:
+                found.append(f"certify.{key} ({where}) is now certify.{new}")
+    if found:
+        raise RenamedOptionError("The certify options are nested groups now: " + "; ".join(found) + ". See "
+                                 "`python certify.py --help` and the README's certify.py section.")
 
 
 def resolve_config_arguments(argv: Sequence[str]) -> list[str]:
@@ -277,10 +163,14 @@ def make_cli(args: Sequence[str] | None, model_class: type[LightningModule] | No
 
     Returns:
         The instantiated CLI with ``model``, ``datamodule`` and ``trainer``.
+
+    Raises:
+        RenamedOptionError: For a key of the former flat ``certify`` group (:func:`check_renamed_certify_keys`).
     """
     from lightning_modules import ImageClassifier
 
     argv = resolve_config_arguments(sys.argv[1:] if args is None else args)
+    check_renamed_certify_keys(argv)
     with warnings.catch_warnings():
         # The resolved sys.argv is passed as ``args``; Lightning would warn that both are given.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")

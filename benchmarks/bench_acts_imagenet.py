@@ -6,7 +6,7 @@ offline, so only costs are measured; the ImageNet mean/std normalisation is the 
 
 - per attack of the ACTS protocol (FGSM: one step of eps; BIM and PGD: ``--steps`` steps of eps/2, PGD from a
   random start), the seconds per image of the attack alone and of the ACTS score given its steps (one
-  ``torch.func.jvp``, :func:`lightning_modules.acts_report.acts_scores`), their sum (ACTS's time, as the paper
+  ``torch.func.jvp``, :func:`reporting.acts.running.acts_scores`), their sum (ACTS's time, as the paper
   counts it) and the ratio of that sum to the attack alone;
 - CLEVER (:func:`bounds.clever_score`, l_2, runner-up class) at ``--clever-batches`` x ``--clever-batch-size``
   samples on ``--clever-examples`` images, and its time at the paper's 500 x 1024 samples: measured when those
@@ -40,7 +40,7 @@ from bounds.attacks import (  # noqa: E402
 )
 from bounds.clever import clever_score  # noqa: E402
 from bounds.normalization import InputNormalization  # noqa: E402
-from lightning_modules.acts_report import acts_scores  # noqa: E402
+from reporting.acts.running import acts_scores  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PAPER_SAMPLES = 500 * 1024

@@ -5,8 +5,8 @@ For the PGD-trained (``robust_lenet.yaml``) and the normal (``normal_lenet.yaml`
 
 1. calibration: the share of correctly classified test digits that PGD l_inf (3 steps, step eps/2, the paper's
    protocol) fools on a grid of eps, and three levels N1-N3 interpolated to fool about ``--targets`` (10%, 30%,
-   50% by default) of them; the default levels of ``certify.acts_eps`` are measured too;
-2. the ACTS protocol report of ``certify.py`` (``--certify.acts_eps`` = those levels, attacks report off, one
+   50% by default) of them; the default levels of ``certify.acts.eps`` are measured too;
+2. the ACTS protocol report of ``certify.py`` (``--certify.acts.eps`` = those levels, attacks report off, one
    cheap certification kind) on ``--examples`` digits: attacked counts, ACTS Overlap% (< 10% wanted at every
    level) and AUROC, CLEVER's (l_2 and l_inf) beside them, seconds per image.
 
@@ -31,7 +31,9 @@ if str(ROOT) not in sys.path:
 import certify  # noqa: E402
 import train  # noqa: E402
 from bounds.attacks import per_example_pgd  # noqa: E402
-from cli import DEFAULT_ACTS_EPS, make_cli  # noqa: E402
+from cli import make_cli  # noqa: E402
+from reporting.acts.options import DEFAULT_ACTS_EPS  # noqa: E402
+from reporting.selection import select_correct  # noqa: E402
 
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 GRID = (0.02, 0.04, 0.06, 0.08, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.35, 0.4)
@@ -55,7 +57,7 @@ def load_examples(config: str, ckpt: Path, count: int) -> tuple[nn.Module, Tenso
     network = certify.classifier_of(cli.model).eval()
     cli.datamodule.setup("test")
     dataset = cli.datamodule.test_set
-    indices = certify.correctly_classified_indices(network, dataset, count)
+    indices = select_correct(network, dataset, count)[0]
     x = torch.stack([torch.as_tensor(dataset[i][0]) for i in indices])
     y = torch.tensor([int(dataset[i][1]) for i in indices])
     return network, x, y, torch.tensor(indices)
@@ -114,20 +116,20 @@ def main() -> None:
         print(f"\n=== {name}: {x.shape[0]} correctly classified test digits ===")
         print("PGD l_inf (3 steps, step eps/2) attacked share: "
               + ", ".join(f"eps {eps:g}: {100 * rate:.1f}%" for eps, rate in rates.items()))
-        print(f"default certify.acts_eps {list(DEFAULT_ACTS_EPS)}: "
+        print(f"default certify.acts.eps {list(DEFAULT_ACTS_EPS)}: "
               + ", ".join(f"{100 * rates[eps]:.1f}%" for eps in DEFAULT_ACTS_EPS))
         print(f"calibrated N1-N3 for {[f'{t:.0%}' for t in args.targets]}: {levels}")
-        clever = (["--certify.clever_paper_sizes=true"] if args.clever_paper_sizes else
-                  [f"--certify.clever_num_batches={args.clever_batches}",
-                   f"--certify.clever_batch_size={args.clever_batch_size}"])
+        clever = (["--certify.acts.clever.paper_sizes=true"] if args.clever_paper_sizes else
+                  [f"--certify.acts.clever.num_batches={args.clever_batches}",
+                   f"--certify.acts.clever.batch_size={args.clever_batch_size}"])
         out = args.out / name
         start = time.perf_counter()
         summary = certify.main(["--config", config, f"--ckpt_path={ckpt}", f"--certify.output_dir={out}",
                                 f"--trainer.logger.init_args.save_dir={args.out / 'certify_logs'}",
                                 f"--certify.num_examples={args.examples}", "--certify.kinds=[uniform]",
-                                "--certify.attacks=false", f"--certify.acts_num_examples={args.examples}",
-                                "--certify.acts_attacks=[pgd]",
-                                f"--certify.acts_eps=[{', '.join(str(v) for v in levels)}]",
+                                "--certify.attacks.enabled=false", f"--certify.acts.num_examples={args.examples}",
+                                "--certify.acts.attacks=[pgd]",
+                                f"--certify.acts.eps=[{', '.join(str(v) for v in levels)}]",
                                 "--certify.num_figure_examples=0", *clever, *QUIET])
         assert summary is not None
         print(f"certify.py ACTS report in {time.perf_counter() - start:.0f}s")

@@ -7,7 +7,7 @@ Table 8's MNIST hyperparameters by default; ``--certify.*`` overrides can be app
 - C&W^a reaches the success rate of C&W with a smaller mean l_1 distance;
 - PGD^a (l_2) keeps or lowers PGD's accuracy with a smaller mean l_1 distance.
 
-Run: ``python benchmarks/bench_guided_attacks.py [--ckpt PATH] [--examples 100] [-- --certify.attack_cw_lr=0.01]``.
+Run: ``python benchmarks/bench_guided_attacks.py [--ckpt PATH] [--examples 100] [-- --certify.attacks.cw_lr=0.01]``.
 Timings on a shared, loaded machine are inflated; compare them side by side only.
 """
 
@@ -47,8 +47,9 @@ def main() -> None:
     summary = certify.main(["--config", "normal_lenet.yaml", f"--ckpt_path={ckpt}",
                             f"--certify.output_dir={args.out / 'report'}",
                             f"--trainer.logger.init_args.save_dir={args.out / 'certify_logs'}",
-                            f"--certify.num_examples={args.examples}", f"--certify.attack_num_examples={args.examples}",
-                            "--certify.kinds=[nonuniform, asymmetric]", "--certify.acts=false",
+                            f"--certify.num_examples={args.examples}",
+                            f"--certify.attacks.num_examples={args.examples}",
+                            "--certify.kinds=[nonuniform, asymmetric]", "--certify.acts.enabled=false",
                             "--certify.num_figure_examples=0", *QUIET, *args.overrides])
     assert summary is not None
     attacks = summary["attacks"]

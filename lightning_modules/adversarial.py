@@ -1,11 +1,12 @@
 """PGD-adversarial training (Madry et al. 2018; Amoeba Table 5, "Adversarial Training")."""
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from bounds.attacks.pgd import pgd
-from lightning_modules.classifier import ImageClassifier, Normalization, Optimizer
-from lightning_modules.zoo import Architecture
+from lightning_modules.classifier import ImageClassifier
 
 
 class AdversarialClassifier(ImageClassifier):
@@ -17,73 +18,29 @@ class AdversarialClassifier(ImageClassifier):
     loss by ``clean_loss_weight`` (0 gives Madry et al.'s pure adversarial loss, the paper's setting).
 
     Args:
-        architecture: Zoo architecture.
-        input_shape: Shape of one example (linked from the datamodule).
-        num_classes: Number of classes (linked from the datamodule).
-        input_range: Valid input range (linked from the datamodule).
-        learning_rate: Adam learning rate.
-        weight_decay: Adam weight decay.
         attack_eps: l_inf radius of the training attack (Table 5: 0.1 on [-1, 1] inputs).
         attack_step_size: PGD step size (Table 5: 0.005).
         attack_steps: PGD steps (Table 5: 20).
         attack_random_start: Start PGD from a uniform point of the ball.
         clean_loss_weight: Weight of the clean loss in ``(1 - w) * adv + w * clean``.
-        eval_attack_eps: Radius of the evaluation attack that gives ``val/adv_acc``.
-        eval_attack_step_size: Step of the evaluation attack.
-        eval_attack_steps: Steps of the evaluation attack.
-        normalization: Per-channel ``(mean, std)`` inside the model (linked from the datamodule; see
-            :class:`~lightning_modules.classifier.ImageClassifier`).
-        weights: Initial weights (local file or torchvision weights name; see ``ImageClassifier``).
-        optimizer: ``adam`` or ``sgd`` (with ``momentum``).
-        momentum: SGD momentum.
-        lr_milestones: Epochs after which the learning rate is multiplied by ``lr_gamma``; ``None``: constant.
-        lr_gamma: Factor of each learning-rate decay.
+        **kwargs: The arguments of :class:`~lightning_modules.classifier.ImageClassifier` (architecture, data
+            shape and range, optimiser, evaluation attack, weights); the CLI follows them into its signature.
     """
 
     def __init__(
         self,
-        architecture: Architecture = "lenet",
-        input_shape: tuple[int, ...] = (1, 28, 28),
-        num_classes: int = 10,
-        input_range: tuple[float, float] = (-1.0, 1.0),
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.0,
         attack_eps: float = 0.1,
         attack_step_size: float = 0.005,
         attack_steps: int = 20,
         attack_random_start: bool = True,
         clean_loss_weight: float = 0.0,
-        eval_attack_eps: float = 0.1,
-        eval_attack_step_size: float = 0.01,
-        eval_attack_steps: int = 20,
-        normalization: Normalization | None = None,
-        weights: str | None = None,
-        optimizer: Optimizer = "adam",
-        momentum: float = 0.9,
-        lr_milestones: list[int] | None = None,
-        lr_gamma: float = 0.1,
+        **kwargs: Any,
     ) -> None:
         if attack_eps <= 0 or attack_step_size <= 0 or attack_steps < 1:
             raise ValueError("attack_eps and attack_step_size must be positive and attack_steps >= 1")
         if not 0.0 <= clean_loss_weight <= 1.0:
             raise ValueError(f"clean_loss_weight must lie in [0, 1], got {clean_loss_weight}")
-        super().__init__(
-            architecture=architecture,
-            input_shape=input_shape,
-            num_classes=num_classes,
-            input_range=input_range,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            eval_attack_eps=eval_attack_eps,
-            eval_attack_step_size=eval_attack_step_size,
-            eval_attack_steps=eval_attack_steps,
-            normalization=normalization,
-            weights=weights,
-            optimizer=optimizer,
-            momentum=momentum,
-            lr_milestones=lr_milestones,
-            lr_gamma=lr_gamma,
-        )
+        super().__init__(**kwargs)
         self.save_hyperparameters()
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ bound verifies), and ``val/verified_acc`` / ``test/verified_acc``: the share of 
 radius ``eval_verify_radius`` the bound verifies (verified robust accuracy).
 """
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -41,8 +41,7 @@ from torchmetrics import MeanMetric
 
 from bounds.guided_training import asymmetric_shape, robust_cross_entropy, shaped_box
 from bounds.modes import evaluation_mode
-from lightning_modules.classifier import ImageClassifier, Normalization, Optimizer
-from lightning_modules.zoo import Architecture
+from lightning_modules.classifier import ImageClassifier
 
 Shape = Literal["asymmetric", "uniform"]
 
@@ -67,12 +66,6 @@ class BoundGuidedClassifier(ImageClassifier):
     """Certified training on per-example asymmetric boxes shaped by Amoeba's eps1/eps2 (module docstring).
 
     Args:
-        architecture: Zoo architecture.
-        input_shape: Shape of one example (linked from the datamodule).
-        num_classes: Number of classes (linked from the datamodule).
-        input_range: Valid input range (linked from the datamodule).
-        learning_rate: Adam learning rate (IBP training wants about 1e-3).
-        weight_decay: Adam weight decay.
         target_radius: Final box size ``s`` in input units (``[-1, 1]`` images: 0.1 to 0.2 on MNIST). A box of
             size ``s`` has the volume of the uniform box of radius ``s``.
         warmup_epochs: Epochs of clean training (``s = 0``, ``kappa = 1``) before the ramp starts.
@@ -86,16 +79,8 @@ class BoundGuidedClassifier(ImageClassifier):
         clip_to_input_range: Intersect training boxes with ``input_range`` (off by default, like ``certify``).
         eval_verify_radius: Uniform radius of ``val/verified_acc`` and ``test/verified_acc``; ``None`` uses
             ``target_radius``, 0 disables them.
-        eval_attack_eps: Radius of the evaluation PGD attack (``val/adv_acc``).
-        eval_attack_step_size: Step of the evaluation attack.
-        eval_attack_steps: Steps of the evaluation attack.
-        normalization: Per-channel ``(mean, std)`` inside the model (linked from the datamodule; see
-            :class:`~lightning_modules.classifier.ImageClassifier`).
-        weights: Initial weights (local file or torchvision weights name; see ``ImageClassifier``).
-        optimizer: ``adam`` or ``sgd`` (with ``momentum``).
-        momentum: SGD momentum.
-        lr_milestones: Epochs after which the learning rate is multiplied by ``lr_gamma``; ``None``: constant.
-        lr_gamma: Factor of each learning-rate decay.
+        **kwargs: The arguments of :class:`~lightning_modules.classifier.ImageClassifier` (architecture, data
+            shape and range, optimiser, evaluation attack, weights); the CLI follows them into its signature.
 
     Raises:
         ValueError: For a non-positive ``target_radius`` or ``shape_lr``, negative epochs, a
@@ -105,12 +90,6 @@ class BoundGuidedClassifier(ImageClassifier):
 
     def __init__(
         self,
-        architecture: Architecture = "lenet",
-        input_shape: tuple[int, ...] = (1, 28, 28),
-        num_classes: int = 10,
-        input_range: tuple[float, float] = (-1.0, 1.0),
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.0,
         target_radius: float = 0.1,
         warmup_epochs: float = 1.0,
         ramp_epochs: float = 5.0,
@@ -121,15 +100,7 @@ class BoundGuidedClassifier(ImageClassifier):
         shape_max_ratio: float = 10.0,
         clip_to_input_range: bool = False,
         eval_verify_radius: float | None = None,
-        eval_attack_eps: float = 0.1,
-        eval_attack_step_size: float = 0.01,
-        eval_attack_steps: int = 20,
-        normalization: Normalization | None = None,
-        weights: str | None = None,
-        optimizer: Optimizer = "adam",
-        momentum: float = 0.9,
-        lr_milestones: list[int] | None = None,
-        lr_gamma: float = 0.1,
+        **kwargs: Any,
     ) -> None:
         if not target_radius > 0:
             raise ValueError(f"target_radius must be positive, got {target_radius}")
@@ -147,23 +118,7 @@ class BoundGuidedClassifier(ImageClassifier):
             raise ValueError(f"shape_max_ratio must be >= 1, got {shape_max_ratio}")
         if eval_verify_radius is not None and eval_verify_radius < 0:
             raise ValueError(f"eval_verify_radius must be >= 0 or None, got {eval_verify_radius}")
-        super().__init__(
-            architecture=architecture,
-            input_shape=input_shape,
-            num_classes=num_classes,
-            input_range=input_range,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            eval_attack_eps=eval_attack_eps,
-            eval_attack_step_size=eval_attack_step_size,
-            eval_attack_steps=eval_attack_steps,
-            normalization=normalization,
-            weights=weights,
-            optimizer=optimizer,
-            momentum=momentum,
-            lr_milestones=lr_milestones,
-            lr_gamma=lr_gamma,
-        )
+        super().__init__(**kwargs)
         self.save_hyperparameters()
         self.progress: float = 0.0
         """Training progress in fractional epochs; ``training_step`` sets it before each batch."""

@@ -13,7 +13,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from bounds.attacks.pgd import pgd
 from bounds.normalization import InputNormalization
-from lightning_modules.zoo import AUX_HEADS, Architecture, build_model, is_weights_file
+from lightning_modules.torchvision_models import AUX_HEADS, is_weights_file
+from lightning_modules.zoo import Architecture, build_model
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 """Per-channel ``(mean, std)`` of an input normalisation layer."""
@@ -101,6 +102,8 @@ class ImageClassifier(LightningModule):
         lr_milestones: Epochs after which the learning rate is multiplied by ``lr_gamma`` (``MultiStepLR``);
             ``None`` keeps it constant.
         lr_gamma: Factor of each learning-rate decay.
+        architecture_options: Arguments of the zoo architecture (:data:`lightning_modules.zoo.ARCHITECTURE_OPTIONS`),
+            e.g. ``{width: 16, linear_size: 128}`` for a narrower ``cnn_7layer``; ``None``: the paper's sizes.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class ImageClassifier(LightningModule):
         momentum: float = 0.9,
         lr_milestones: list[int] | None = None,
         lr_gamma: float = 0.1,
+        architecture_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if learning_rate <= 0:
@@ -136,7 +140,8 @@ class ImageClassifier(LightningModule):
             raise ValueError(f"input_range must be (low, high) with low < high, got {input_range}")
         self.save_hyperparameters()
         file = weights is not None and is_weights_file(weights)
-        network = build_model(architecture, tuple(input_shape), num_classes, weights=None if file else weights)
+        network = build_model(architecture, tuple(input_shape), num_classes, weights=None if file else weights,
+                              options=architecture_options)
         if file:
             load_weights_file(network, str(weights))
         self.model: nn.Module = network

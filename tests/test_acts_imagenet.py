@@ -29,10 +29,10 @@ from tests.data_files import write_image_folder
 EXAMPLES = 4
 ARGS = ["--config", "imagenet_resnet50_acts.yaml", "--model.init_args.weights=null",
         "--data.init_args.image_size=32", "--data.init_args.batch_size=4", "--certify.allow_no_checkpoint=true",
-        "--certify.labels=predicted", f"--certify.num_examples={EXAMPLES}", f"--certify.acts_num_examples={EXAMPLES}",
-        "--certify.batch_size=4", "--certify.acts_eps=[0.00392156862745098, 0.011764705882352941, 0.0392156862745098]",
-        "--certify.clever_norms=[l2, linf]", "--certify.clever_num_batches=2",
-        "--certify.clever_batch_size=4", "--certify.acts_bins=5", "--trainer.enable_model_summary=false"]
+        "--certify.labels=predicted", f"--certify.num_examples={EXAMPLES}", f"--certify.acts.num_examples={EXAMPLES}",
+        "--certify.batch_size=4", "--certify.acts.eps=[0.00392156862745098, 0.011764705882352941, 0.0392156862745098]",
+        "--certify.acts.clever.norms=[l2, linf]", "--certify.acts.clever.num_batches=2",
+        "--certify.acts.clever.batch_size=4", "--certify.acts.bins=5", "--trainer.enable_model_summary=false"]
 
 
 class _Records(logging.Handler):

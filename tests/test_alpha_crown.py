@@ -231,7 +231,8 @@ def test_certify_script_accepts_alpha_crown(tmp_path: Path) -> None:
     out = tmp_path / "alpha"
     summary = certify_script.main([*common, f"--ckpt_path={ckpt}", "--certify.num_examples=4",
                                    "--certify.kinds=[uniform]", "--certify.method", "alpha-crown",
-                                   "--certify.crown_rounds=1", "--certify.attacks=false", "--certify.acts=false",
+                                   "--certify.crown_rounds=1", "--certify.attacks.enabled=false",
+                                   "--certify.acts.enabled=false",
                                    "--certify.num_figure_examples=0", f"--certify.output_dir={out}"])
     assert summary["kinds"]["uniform"]["examples"] == 4
     radii = torch.load(out / "radii.pt")["uniform"]

@@ -16,8 +16,10 @@ from tensorboard.backend.event_processing.event_accumulator import (
 
 import certify
 import train
-from lightning_modules.acts_report import ACTSProtocol
-from lightning_modules.gathering import concatenate_rows, gather_unique_rows
+from callbacks.gathering import concatenate_rows, gather_unique_rows
+from cli import RENAMED_CERTIFY_KEYS, RenamedOptionError
+from reporting.acts.options import ACTSReportOptions, CleverOptions
+from reporting.acts.running import ACTSProtocol
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -26,11 +28,12 @@ SMALL_DATA = ["--data.init_args.max_train_examples=600", "--data.init_args.max_e
 # Few examples, cheap attacks and CLEVER; certification kinds without "nonuniform", so the report certifies that
 # guide for the attacked examples only and reuses the asymmetric certificates of the certification pass.
 FAST_REPORTS = ["--certify.num_examples=10", "--certify.batch_size=4", "--certify.kinds=[uniform, asymmetric]",
-                "--certify.attack_num_examples=6", "--certify.attack_pgd_linf_steps=3",
-                "--certify.attack_pgd_l2_steps=3", "--certify.attack_cw_search_steps=2",
-                "--certify.attack_cw_max_iterations=10", "--certify.attack_p_step=0.5",
-                "--certify.acts_num_examples=9", "--certify.acts_eps=[0.05, 0.15, 0.3]",
-                "--certify.clever_num_batches=3", "--certify.clever_batch_size=8", "--certify.num_figure_examples=2"]
+                "--certify.attacks.num_examples=6", "--certify.attacks.pgd_linf_steps=3",
+                "--certify.attacks.pgd_l2_steps=3", "--certify.attacks.cw_search_steps=2",
+                "--certify.attacks.cw_max_iterations=10", "--certify.attacks.p_step=0.5",
+                "--certify.acts.num_examples=9", "--certify.acts.eps=[0.05, 0.15, 0.3]",
+                "--certify.acts.clever.num_batches=3", "--certify.acts.clever.batch_size=8",
+                "--certify.num_figure_examples=2"]
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +171,8 @@ def test_reports_can_be_turned_off(trained_checkpoint: Path, tmp_path: Path) -> 
     out = tmp_path / "report"
     summary = certify.main(["--config", "normal_lenet.yaml", f"--ckpt_path={trained_checkpoint}",
                             f"--certify.output_dir={out}", f"--trainer.logger.init_args.save_dir={tmp_path}",
-                            "--certify.attacks=false", "--certify.acts=false", "--certify.num_examples=4",
-                            "--certify.kinds=[uniform]", *SMALL_DATA, *QUIET])
+                            "--certify.attacks.enabled=false", "--certify.acts.enabled=false",
+                            "--certify.num_examples=4", "--certify.kinds=[uniform]", *SMALL_DATA, *QUIET])
     assert summary is not None and "attacks" not in summary and "acts" not in summary
     assert (out / "summary.json").is_file()
     assert not (out / "attacks.json").exists() and not (out / "acts.json").exists()
@@ -191,7 +194,7 @@ def test_gathered_rows_keep_each_example_once() -> None:
 def test_bad_report_options_are_rejected(trained_checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises((ValueError, SystemExit)):
         certify.main(["--config", "normal_lenet.yaml", f"--ckpt_path={trained_checkpoint}",
-                      "--certify.acts_eps=[0.2, 0.1]", f"--trainer.logger.init_args.save_dir={tmp_path}", *QUIET])
+                      "--certify.acts.eps=[0.2, 0.1]", f"--trainer.logger.init_args.save_dir={tmp_path}", *QUIET])
 
 
 @pytest.mark.slow
@@ -199,10 +202,11 @@ def test_reports_under_ddp_count_each_example_once(trained_checkpoint: Path, tmp
     """Two gloo ranks, 7 examples (the sampler pads one duplicate): the same per-example rows as one process."""
     common = ["--config", "normal_lenet.yaml", f"--ckpt_path={trained_checkpoint}", "--certify.num_examples=7",
               "--certify.batch_size=2", "--certify.kinds=[nonuniform, asymmetric]",
-              "--certify.attack_fgsm_eps=[0.2]", "--certify.attack_pgd_linf_steps=2", "--certify.attack_pgd_l2_steps=2",
-              "--certify.attack_cw_search_steps=1", "--certify.attack_cw_max_iterations=5",
-              "--certify.attack_p_step=0.9", "--certify.clever_norms=[l2]", "--certify.clever_num_batches=2",
-              "--certify.clever_batch_size=4", "--certify.num_figure_examples=0", *SMALL_DATA, *QUIET]
+              "--certify.attacks.fgsm_eps=[0.2]", "--certify.attacks.pgd_linf_steps=2",
+              "--certify.attacks.pgd_l2_steps=2", "--certify.attacks.cw_search_steps=1",
+              "--certify.attacks.cw_max_iterations=5", "--certify.attacks.p_step=0.9",
+              "--certify.acts.clever.norms=[l2]", "--certify.acts.clever.num_batches=2",
+              "--certify.acts.clever.batch_size=4", "--certify.num_figure_examples=0", *SMALL_DATA, *QUIET]
     command = [sys.executable, str(ROOT / "certify.py"), *common, "--trainer.accelerator=cpu", "--trainer.devices=2",
                "--trainer.strategy=ddp", f"--certify.output_dir={tmp_path / 'ddp'}",
                f"--trainer.logger.init_args.save_dir={tmp_path / 'ddp_logs'}"]
@@ -228,18 +232,19 @@ def test_reports_under_ddp_count_each_example_once(trained_checkpoint: Path, tmp
 
 
 def _synthetic_acts_rows(protocol: ACTSProtocol, examples: int = 8) -> dict[str, torch.Tensor]:
+    options = protocol.options
     generator = torch.Generator().manual_seed(0)
     rows = {"index": torch.arange(examples)}
-    levels, ks = len(protocol.eps_levels), len(protocol.top_k_values)
-    for attack in protocol.attacks:
+    levels, ks = len(options.eps), len(options.top_k_values)
+    for attack in options.attacks:
         rows[f"{attack}/attacked"] = torch.rand(examples, levels, generator=generator) < 0.4
         top_k = (torch.rand(examples, levels, 1, generator=generator) * 5 + 0.1).expand(-1, -1, ks).clone()
         top_k[0, 0, :] = 1000.0  # one example no class can reach
         rows[f"{attack}/acts_top_k"] = top_k
-        rows[f"{attack}/acts"] = top_k[:, :, protocol.top_k_values.index(protocol.top_k)]
+        rows[f"{attack}/acts"] = top_k[:, :, options.top_k_values.index(options.top_k)]
         rows[f"{attack}/attack_seconds"] = torch.full((examples, levels), 0.02)
         rows[f"{attack}/score_seconds"] = torch.full((examples, levels), 0.01)
-    for norm in protocol.clever_norms:
+    for norm in options.clever.norms:
         rows[f"clever_{norm}"] = torch.rand(examples, generator=generator)
         rows[f"clever_{norm}_seconds"] = torch.full((examples,), 3.0)
     return rows
@@ -259,14 +264,15 @@ def _markdown_table(text: str, caption: str) -> list[list[str]]:
 
 
 def test_acts_table_layouts_have_one_row_per_attack_and_model() -> None:
-    from lightning_modules.acts_report import summarise_acts
-    from lightning_modules.acts_tables import acts_markdown
+    from reporting.acts.summary import summarise_acts
+    from reporting.acts.tables import acts_markdown
 
-    protocol = ACTSProtocol(eps_levels=[0.1, 0.2, 0.3], attacks=["pgd", "fgsm", "bim"], top_k=10,
-                            top_k_values=[1, 5], clever_norms=["l2", "linf"])
-    assert protocol.attacks == ["fgsm", "bim", "pgd"] and protocol.top_k_values == [1, 5, 10]
+    options = ACTSReportOptions(eps=[0.1, 0.2, 0.3], attacks=["pgd", "fgsm", "bim"], top_k=10, top_k_values=[1, 5],
+                                bins=10, clever=CleverOptions(norms=["l2", "linf"]))
+    assert options.attacks == ["fgsm", "bim", "pgd"] and options.top_k_values == [1, 5, 10]
+    protocol = ACTSProtocol(options)
     rows = _synthetic_acts_rows(protocol)
-    summary = summarise_acts(rows, protocol, bins=10, clean_accuracy=0.5,
+    summary = summarise_acts(rows, protocol, clean_accuracy=0.5,
                              metadata={"model": "resnet50", "weights": "as built", "labels": "predicted"})
     json.dumps(summary)  # serialisable
     text = acts_markdown(summary)
@@ -304,8 +310,8 @@ def test_acts_table_layouts_have_one_row_per_attack_and_model() -> None:
 def test_acts_scores_for_several_k_match_acts_score() -> None:
     from bounds.acts import acts_score
     from bounds.attacks import bim
-    from lightning_modules.acts_report import acts_scores
     from lightning_modules.zoo import build_model
+    from reporting.acts.running import acts_scores
 
     torch.manual_seed(0)
     model = build_model("lenet", (1, 28, 28), 10).eval()
@@ -319,6 +325,76 @@ def test_acts_scores_for_several_k_match_acts_score() -> None:
 
 def test_acts_protocol_rejects_unknown_attacks_naming_the_accepted_ones() -> None:
     with pytest.raises(ValueError, match="fgsm, bim, pgd"):
-        ACTSProtocol(eps_levels=[0.1], attacks=["pgd", "cw"])
+        ACTSReportOptions(eps=[0.1], attacks=["pgd", "cw"])
     with pytest.raises(SystemExit):
-        certify.main(["--config", "normal_lenet.yaml", "--certify.acts_attacks=[fgsm, cw]", *QUIET])
+        certify.main(["--config", "normal_lenet.yaml", "--certify.acts.attacks=[fgsm, cw]", *QUIET])
+
+
+@pytest.mark.parametrize(("args", "new"), [
+    (["--certify.attack_cw_lr=0.1"], "certify.attacks.cw_lr"),
+    (["--certify.acts_eps", "[0.1, 0.2]"], "certify.acts.eps"),
+    (["--certify.clever_num_batches=3"], "certify.acts.clever.num_batches"),
+    (["--certify.attacks=false"], "certify.attacks.enabled"),
+    (["--certify.acts", "false"], "certify.acts.enabled"),
+])
+def test_former_flat_keys_on_the_command_line_name_their_new_key(args: list[str], new: str) -> None:
+    with pytest.raises(RenamedOptionError, match=new.replace(".", r"\.")):
+        certify.main(["--config", "normal_lenet.yaml", *args, *QUIET])
+
+
+def test_former_flat_keys_in_a_yaml_name_their_new_key(tmp_path: Path) -> None:
+    config = tmp_path / "old.yaml"
+    old = (ROOT / "configs" / "normal_lenet.yaml").read_text()
+    config.write_text(old + "\ncertify:\n  num_examples: 5\n  attacks: false\n  acts_top_k: 5\n"
+                      "  clever_paper_sizes: true\n")
+    with pytest.raises(RenamedOptionError) as error:
+        certify.main(["--config", str(config), *QUIET])
+    message = str(error.value)
+    for former, new in (("attacks", "attacks.enabled"), ("acts_top_k", "acts.top_k"),
+                        ("clever_paper_sizes", "acts.clever.paper_sizes")):
+        assert f"certify.{former} (certify: in {config}) is now certify.{new}" in message
+    assert "num_examples" not in message  # a key that did not move is not reported
+
+
+def test_every_former_flat_key_has_a_new_home() -> None:
+    """Each renamed key resolves to a declared option of the nested groups."""
+    from dataclasses import fields
+
+    from reporting.options import CertifyOptions
+
+    def declared(cls: type, prefix: str = "") -> set[str]:
+        names = set()
+        for item in fields(cls):
+            default = item.default_factory() if callable(item.default_factory) else item.default
+            nested = type(default) if hasattr(type(default), "__dataclass_fields__") else None
+            names |= declared(nested, f"{prefix}{item.name}.") if nested else {f"{prefix}{item.name}"}
+        return names
+
+    assert set(RENAMED_CERTIFY_KEYS.values()) <= declared(CertifyOptions)
+    kept = {item.name for item in fields(CertifyOptions)} - {"attacks", "acts"}
+    assert not kept & set(RENAMED_CERTIFY_KEYS) - {"attacks", "acts"}
+    assert len(kept) + len(RENAMED_CERTIFY_KEYS) == 46  # the 46 options of the former flat group, each accounted for
+
+
+def test_pgd_restarts_never_fool_fewer_examples_and_stay_in_the_budget() -> None:
+    from lightning_modules.zoo import build_model
+    from reporting.attacks.options import AttackReportOptions
+    from reporting.attacks.running import AttackReport
+
+    torch.manual_seed(0)
+    model = build_model("lenet", (1, 28, 28), 10).eval()
+    x = torch.rand(16, 1, 28, 28) * 2 - 1
+    y = model(x).argmax(dim=1)
+    fooled = {}
+    for restarts in (1, 4):
+        options = AttackReportOptions(pgd_linf_eps=0.05, pgd_linf_step_size=0.01, pgd_linf_steps=3,
+                                      pgd_restarts=restarts)
+        spec = next(s for s in AttackReport(options).specs() if s.key == "pgd_linf_eps0.05")
+        assert spec.setting == ("(l_inf), eps = 0.05" if restarts == 1 else "(l_inf, 4 restarts), eps = 0.05")
+        result = spec.attack(model, x, y, generator=torch.Generator().manual_seed(3))
+        assert float((result.adversarial - x).abs().max()) <= 0.05 + 1e-6
+        assert torch.equal(result.success, model(result.adversarial).argmax(dim=1) != y)
+        fooled[restarts] = result.success
+    assert bool((fooled[4] | ~fooled[1]).all())  # the first run is the attack without restarts
+    with pytest.raises(ValueError, match="pgd_restarts"):
+        AttackReportOptions(pgd_restarts=0)

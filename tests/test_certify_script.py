@@ -48,7 +48,8 @@ def test_certify_writes_a_sound_report(trained_checkpoint: Path, tmp_path: Path)
     out = tmp_path / "report"
     summary = certify.main(["--config", "normal_lenet.yaml", f"--ckpt_path={trained_checkpoint}",
                             "--certify.num_examples=24", "--certify.batch_size=10", f"--certify.output_dir={out}",
-                            "--certify.num_figure_examples=4", "--certify.attacks=false", "--certify.acts=false",
+                            "--certify.num_figure_examples=4", "--certify.attacks.enabled=false",
+                            "--certify.acts.enabled=false",
                             f"--trainer.logger.init_args.save_dir={tmp_path}",
                             *SMALL_DATA, *QUIET])
     assert summary is not None
@@ -109,7 +110,8 @@ def test_certify_with_crown_gives_sound_and_wider_boxes(tmp_path: Path) -> None:
         out = tmp_path / method
         reports[method] = certify.main([*fc, f"--ckpt_path={ckpt}", "--certify.num_examples=6",
                                         "--certify.kinds=[uniform, asymmetric]", f"--certify.method={method}",
-                                        "--certify.crown_rounds=2", "--certify.attacks=false", "--certify.acts=false",
+                                        "--certify.crown_rounds=2", "--certify.attacks.enabled=false",
+                                        "--certify.acts.enabled=false",
                                         f"--certify.output_dir={out}"])
     for kind in ("uniform", "asymmetric"):
         assert reports["crown"]["kinds"][kind]["mean_geometric_width"] > reports["ibp"]["kinds"][kind][
@@ -134,7 +136,8 @@ def test_certify_finishes_when_some_clean_margins_are_below_delta(trained_checkp
     out = tmp_path / "report"
     summary = certify.main(["--config", "normal_lenet.yaml", f"--ckpt_path={trained_checkpoint}",
                             "--certify.num_examples=12", f"--certify.delta={delta}", f"--certify.output_dir={out}",
-                            "--certify.attacks=false", "--certify.acts=false", "--certify.num_figure_examples=2",
+                            "--certify.attacks.enabled=false", "--certify.acts.enabled=false",
+                            "--certify.num_figure_examples=2",
                             f"--trainer.logger.init_args.save_dir={tmp_path}", *SMALL_DATA, *QUIET])
     for kind, values in summary["kinds"].items():
         assert values["examples"] == 12, kind
@@ -151,7 +154,8 @@ def test_train_and_certify_the_zoo_resnet(tmp_path: Path) -> None:
     assert ckpt
     out = tmp_path / "report"
     summary = certify.main([*args, f"--ckpt_path={ckpt}", "--certify.num_examples=4",
-                            "--certify.kinds=[uniform, asymmetric]", "--certify.attacks=false", "--certify.acts=false",
+                            "--certify.kinds=[uniform, asymmetric]", "--certify.attacks.enabled=false",
+                            "--certify.acts.enabled=false",
                             f"--certify.output_dir={out}", "--certify.num_figure_examples=2"])
     assert summary["kinds"]["asymmetric"]["certified_fraction"] > 0
     cli.datamodule.setup("test")

@@ -1,10 +1,11 @@
-"""Certification, the attacks report and the ACTS report as one Lightning test loop.
+"""Certification, the attacks report and the ACTS report as one Lightning test loop (the running of ``certify.py``).
 
-Running through ``trainer.test`` lets ``certify.py`` use devices, strategies and nodes like training does.
+Running through ``trainer.test`` lets ``certify.py`` use devices, strategies and nodes like training does. This is
+the one LightningModule outside :mod:`lightning_modules`: it trains nothing, it runs the reports.
 """
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -13,44 +14,13 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from bounds.certificate import Certificate
 from bounds.certify import certify
-from lightning_modules.acts_report import ACTSProtocol
-from lightning_modules.attack_report import VARIANTS, AttackReport, select_certificate
-from lightning_modules.gathering import Rows, gather_unique_rows
-
-
-class IndexedDataset(Dataset):
-    """Wrap a dataset so each item carries its position: ``(index, x, y)``.
-
-    Distributed samplers pad the last batches by repeating examples; the index lets the gathered results
-    be de-duplicated so that every example is counted exactly once.
-
-    Args:
-        dataset: A dataset of ``(x, y)`` pairs.
-        indices: The positions in ``dataset`` to expose, in order.
-        labels: Labels replacing the dataset's, one per position (e.g. the model's own predictions), or ``None``.
-
-    Raises:
-        ValueError: If ``labels`` and ``indices`` differ in length.
-    """
-
-    def __init__(self, dataset: Dataset, indices: Sequence[int], labels: Sequence[int] | None = None) -> None:
-        self.dataset = dataset
-        self.indices = list(indices)
-        self.labels = None if labels is None else [int(label) for label in labels]
-        if self.labels is not None and len(self.labels) != len(self.indices):
-            raise ValueError(f"{len(self.labels)} labels for {len(self.indices)} indices")
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int) -> tuple[int, torch.Tensor, int]:
-        index = self.indices[position]
-        x, y = self.dataset[index]
-        return index, x, int(y) if self.labels is None else self.labels[position]
+from callbacks.gathering import Rows, gather_unique_rows
+from reporting.acts.running import ACTSProtocol
+from reporting.attacks.running import AttackReport, select_certificate
+from reporting.options import CertifyOptions
 
 
 class CertificationTask(LightningModule):
@@ -76,54 +46,28 @@ class CertificationTask(LightningModule):
 
     Args:
         model: The classifier to certify (an ``nn.Module`` mapping inputs to logits).
-        kinds: Certification kinds, e.g. ``["uniform", "nonuniform", "asymmetric"]``.
-        delta: Margin the certificates prove.
-        clip_to_input_range: Certify boxes intersected with ``input_range``.
+        options: The ``certify`` options: the kinds, delta, clipping and bound method of the certification, and the
+            two reports (each runs on the first ``num_examples`` of ``indices`` when enabled).
+        indices: Dataset indices of the test loop, in order (the reports' subsets are taken from its start).
         input_range: ``(low, high)`` of valid inputs.
-        seed: Seed of the certification optimiser.
-        method: Bound method of the certification and of its final check: ``"ibp"`` (interval propagation) or
-            ``"crown"`` (linear relaxation, never looser than IBP).
-        crown_rounds: CROWN relaxations per example (``method="crown"`` only).
-        attack_report: Attacks to run (Amoeba Table 4), or ``None``.
-        attack_indices: Dataset indices the attacks run on (default: all).
-        acts_protocol: ACTS protocol to run (ACTS Section 4), or ``None``.
-        acts_indices: Dataset indices the ACTS protocol runs on (default: all).
-        num_examples: Number of examples of the test loop, all ranks together (for the time estimate only).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        kinds: Sequence[str],
-        delta: float = 1e-4,
-        clip_to_input_range: bool = False,
-        input_range: tuple[float, float] = (-1.0, 1.0),
-        seed: int = 0,
-        method: str = "ibp",
-        crown_rounds: int = 4,
-        attack_report: AttackReport | None = None,
-        attack_indices: Collection[int] | None = None,
-        acts_protocol: ACTSProtocol | None = None,
-        acts_indices: Collection[int] | None = None,
-        num_examples: int | None = None,
-    ) -> None:
+    def __init__(self, model: nn.Module, options: CertifyOptions, indices: Sequence[int],
+                 input_range: tuple[float, float] = (-1.0, 1.0)) -> None:
         super().__init__()
         self.model = model
-        self.kinds = list(kinds)
-        self.delta = delta
-        self.clip_to_input_range = clip_to_input_range
-        self.input_range = tuple(input_range)
-        self.seed = seed
-        self.method = method
-        self.crown_rounds = crown_rounds
-        self.attack_report = attack_report
-        self.attack_indices = None if attack_indices is None else set(int(i) for i in attack_indices)
-        self.acts_protocol = acts_protocol
-        self.acts_indices = None if acts_indices is None else set(int(i) for i in acts_indices)
+        self.options = options
+        self.kinds = list(options.kinds)
+        self.input_range = (float(input_range[0]), float(input_range[1]))
+        attacks, acts = options.attacks, options.acts
+        self.attack_report = AttackReport(attacks, self.input_range, options.seed) if attacks.enabled else None
+        self.attack_indices = set(int(i) for i in indices[: attacks.num_examples])
+        self.acts_protocol = ACTSProtocol(acts, self.input_range, options.seed) if acts.enabled else None
+        self.acts_indices = set(int(i) for i in indices[: acts.num_examples])
+        self.num_examples = len(indices)
         self._parts: dict[str, list[Rows]] = {}
         self._attack_parts: dict[str, list[Rows]] = {}
         self._acts_parts: list[Rows] = []
-        self.num_examples = num_examples
         self._clock: dict[str, float] = {}
         self._done = 0
         self.results: dict[str, Rows] = {}
@@ -143,10 +87,10 @@ class CertificationTask(LightningModule):
         self._clock = {"start": time.perf_counter(), "certify": 0.0, "attacks": 0.0, "acts": 0.0}
         self._done = 0
 
-    def _certify(self, x: Tensor, y: Tensor, kind: str, batch_idx: int) -> Certificate:
-        return certify(self.model, x, y, kind=kind, delta=self.delta, clip_to_input_range=self.clip_to_input_range,
-                       input_range=self.input_range, seed=self.seed + batch_idx, method=self.method,
-                       crown_rounds=self.crown_rounds)
+    def _certify(self, x: Tensor, y: Tensor, kind: str) -> Certificate:
+        o = self.options
+        return certify(self.model, x, y, kind=kind, delta=o.delta, clip_to_input_range=o.clip_to_input_range,
+                       input_range=self.input_range, method=o.method, crown_rounds=o.crown_rounds)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """Certify one batch with every kind, then run the reports on their subsets; keep per-example rows."""
@@ -155,7 +99,7 @@ class CertificationTask(LightningModule):
         tick = self._tick(x)
         certificates: dict[str, Certificate] = {}
         for kind in self.kinds:
-            cert = self._certify(x, y, kind, batch_idx)
+            cert = self._certify(x, y, kind)
             certificates[kind] = cert
             self._parts[kind].append(
                 {
@@ -172,7 +116,7 @@ class CertificationTask(LightningModule):
                 rows = self._subset(index, self.attack_indices)
                 if rows.numel():
                     guides = {kind: select_certificate(certificates[kind], rows) if kind in certificates
-                              else self._certify(x[rows], y[rows], kind, batch_idx)
+                              else self._certify(x[rows], y[rows], kind)
                               for kind in ("nonuniform", "asymmetric")}
                     results = self.attack_report.run(self.model, index[rows], x[rows], y[rows], guides)
                     for key, value in results.items():
@@ -202,10 +146,10 @@ class CertificationTask(LightningModule):
     def estimated_seconds(self) -> float:
         """Estimated wall-clock time of the whole test loop on this rank, from the running seconds per example."""
         world = max(self.trainer.world_size, 1)
-        total = self.num_examples if self.num_examples is not None else self._done * world
+        total = self.num_examples
         sizes = {"certify": total if self.kinds else 0,
-                 "attacks": total if self.attack_indices is None else min(len(self.attack_indices), total),
-                 "acts": total if self.acts_indices is None else min(len(self.acts_indices), total)}
+                 "attacks": min(len(self.attack_indices), total) if self.attack_report is not None else 0,
+                 "acts": min(len(self.acts_indices), total) if self.acts_protocol is not None else 0}
         seconds = 0.0
         for part, size in sizes.items():
             done = self._clock.get(f"{part}_count", 0.0)
@@ -232,10 +176,8 @@ class CertificationTask(LightningModule):
                            f"{parts or 'nothing to run'}); estimated total time {timedelta(seconds=round(estimate))}")
 
     @staticmethod
-    def _subset(index: Tensor, chosen: set[int] | None) -> Tensor:
-        """Positions in the batch whose dataset index is in ``chosen`` (all for ``None``)."""
-        if chosen is None:
-            return torch.arange(index.numel(), device=index.device)
+    def _subset(index: Tensor, chosen: set[int]) -> Tensor:
+        """Positions in the batch whose dataset index is in ``chosen``."""
         keep = [position for position, value in enumerate(index.tolist()) if value in chosen]
         return torch.tensor(keep, dtype=torch.long, device=index.device)
 
@@ -246,8 +188,7 @@ class CertificationTask(LightningModule):
             self.results[kind] = gather_unique_rows(parts, world_size)
         if self.attack_report is not None:
             # Every rank must take part in the same collectives: the keys come from the report, not the local rows.
-            keys = [f"{spec.key}/{variant}" for spec in self.attack_report.specs() for variant in VARIANTS]
-            for key in keys:
+            for key in self.attack_report.keys():
                 self.attack_results[key] = gather_unique_rows(self._attack_parts.get(key, []), world_size)
         if self.acts_protocol is not None:
             self.acts_results = gather_unique_rows(self._acts_parts, world_size)

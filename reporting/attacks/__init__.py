@@ -1,0 +1,1 @@
+"""The attacks report of ``certify.py`` (Amoeba Table 4): its options, its running and its rendering."""
