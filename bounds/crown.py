@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from bounds.crown_patches import patch_bounds, patches_apply
+from bounds.crown_patches import SPARSE_FRACTION, patch_bounds, patches_apply
 from bounds.engine.chain import NotAChainError, crown_chain, layer_interval
 from bounds.errors import UnsupportedLayerError
 from bounds.interval import check_model_input, validate_box
@@ -55,6 +55,7 @@ from bounds.layer_relaxations import (
     activation_below_pool,
     affine_parts,
     conv_leading_padding,
+    folded_into_previous,
     relax_layer,
 )
 from bounds.margins import margins_from_bounds, validate_labels
@@ -102,15 +103,17 @@ def _concretize(coefficients: Tensor, offset: Tensor, lower: Tensor, upper: Tens
     return (flat @ mid).squeeze(2) - (flat.abs() @ rad).squeeze(2) + offset
 
 
-def _conv_backward(layer: nn.Conv2d, coeffs: Tensor, in_shape: tuple[int, ...]) -> Tensor:
-    """``Lambda W`` for a convolution: the transposed convolution of ``Lambda`` (``(B, S, C, H, W)``).
+def _conv_backward(layer: nn.Conv2d, weight: Tensor, coeffs: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+    """``Lambda W`` for a convolution (``weight``: the layer's, or with a BatchNorm folded in) of ``Lambda``.
+
+    ``Lambda`` is ``(B, S, C, H, W)``.
 
     The transposed convolution without padding covers the padded input; the rows and columns of the zero padding
     (constants, not inputs) are cropped away, and input rows no output reads (a stride's remainder) get zeros.
     """
     batch, specs = coeffs.shape[:2]
     flat = coeffs.reshape(batch * specs, *coeffs.shape[2:])
-    full = F.conv_transpose2d(flat, layer.weight, None, layer.stride, 0, 0, layer.groups, layer.dilation)
+    full = F.conv_transpose2d(flat, weight, None, layer.stride, 0, 0, layer.groups, layer.dilation)
     top, left = conv_leading_padding(layer)
     height, width = in_shape[-2:]
     full = full[..., top:top + height, left:left + width]
@@ -140,14 +143,21 @@ def _backward(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]]
         path, layer = layers[i]
         in_shape = shapes[i]
         layer_type = type(layer)
+        weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
+        folded = folded_into_previous(layers, shapes, i) if i > start else None
+        if folded is not None:  # the per-channel affine layer folded into the Linear / Conv2d before it
+            i -= 1
+            path, layer = layers[i]
+            in_shape, layer_type = shapes[i], type(layer)
+            weight, bias = folded
         if layer_type is nn.Linear:  # on the last dimension of any input shape
-            if layer.bias is not None:
-                offset = offset + (coeffs @ layer.bias).reshape(*coeffs.shape[:2], -1).sum(2)
-            coeffs = coeffs @ layer.weight
+            if bias is not None:
+                offset = offset + (coeffs @ bias).reshape(*coeffs.shape[:2], -1).sum(2)
+            coeffs = coeffs @ weight
         elif layer_type is nn.Conv2d:
-            if layer.bias is not None:
-                offset = offset + coeffs.sum(dim=(-2, -1)) @ layer.bias
-            coeffs = _conv_backward(layer, coeffs, in_shape)
+            if bias is not None:
+                offset = offset + coeffs.sum(dim=(-2, -1)) @ bias
+            coeffs = _conv_backward(layer, weight, coeffs, in_shape)
         elif layer_type in (nn.BatchNorm1d, nn.BatchNorm2d, InputNormalization):
             scale, shift = affine_parts(layer, path)
             view = (1, 1, -1, *([1] * (coeffs.dim() - 3)))  # against (B, S, C, ...)
@@ -229,18 +239,24 @@ def _intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[
     only its own rows of ``[J; -J]`` (its unstable neurons, or all non-fixed ones), padded to the largest
     count of its chunk.
     """
-    if patches_apply(layers, shapes, stop):
-        crown_l, crown_u = patch_bounds(layers, shapes, relaxations, stop, in_lower, in_upper)
-        new_l = torch.maximum(lower, crown_l)
-        return new_l, torch.maximum(torch.minimum(upper, crown_u), new_l)  # rounding can cross; both are sound
     flat_l, flat_u = lower.flatten(1), upper.flatten(1)
     # ReLU inputs with u <= 0 are fixed (output 0); without a MaxPool after it only unstable ones matter.
-    needed = (flat_l < 0) & (flat_u > 0) if only_unstable else flat_u > flat_l
+    not_fixed = flat_u > flat_l
     if type(layers[stop][1]) is nn.ReLU:
-        needed = needed & (flat_u > 0)
+        not_fixed = not_fixed & (flat_u > 0)
+    needed = not_fixed & (flat_l < 0) if only_unstable else not_fixed
     counts = needed.sum(1)
     if int(counts.max()) == 0:
         return lower, upper
+    if patches_apply(layers, shapes, stop):
+        # Windows only of the neurons that need a bound when few do; also of the active ones when those are few
+        # enough too (their tighter bounds tighten the next layer's interval bounds, which decide its needed set).
+        if int(not_fixed.sum(1).max()) <= SPARSE_FRACTION * flat_l.shape[1]:
+            needed = not_fixed
+        crown_l, crown_u = patch_bounds(layers, shapes, relaxations, stop, in_lower, in_upper,
+                                        needed.view(lower.shape))
+        new_l = torch.maximum(lower, crown_l)
+        return new_l, torch.maximum(torch.minimum(upper, crown_u), new_l)  # rounding can cross; both are sound
     batch, neurons = flat_l.shape
     last = max(k for k in relaxations if k < stop)
     eye = torch.eye(neurons, dtype=lower.dtype, device=lower.device).view(1, neurons, *shapes[stop])

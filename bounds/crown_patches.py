@@ -42,6 +42,7 @@ from bounds.layer_relaxations import (
     activation_below_pool,
     affine_parts,
     conv_leading_padding,
+    folded_into_previous,
 )
 from bounds.normalization import InputNormalization
 
@@ -50,6 +51,8 @@ _PASS_THROUGH = (nn.Identity, nn.Dropout)
 _CHUNK_ELEMENTS = 2**25
 # Windows with at most this many (input entries)^2 go through a transposed convolution as one dense matrix.
 _DENSE_WINDOW_MAP = 2**20
+# Back-substitute only the needed neurons' windows when they are at most this fraction of the layer.
+SPARSE_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,23 @@ class _Geometry:
                      for k, t, d, kk in zip(self.kernel, stride, dilation, kernel, strict=True))
         return _Geometry(size, tuple(s * t for s, t in zip(self.stride, stride, strict=True)),  # type: ignore[arg-type]
                          tuple(p * t + q for p, t, q in zip(self.padding, stride, padding, strict=True)))
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Where the specification rows sit on the ``(H_s, W_s)`` grid of the bounded layer.
+
+    ``positions is None``: the patch tensor is ``(B, S, H_s, W_s, C, k_h, k_w)``, one window per grid position
+    (every neuron of a channel). Otherwise it is ``(B, N, 1, 1, C, k_h, k_w)`` and row ``n`` of example ``b`` sits
+    at the flat grid position ``positions[b, n] = h W_s + w`` (only the neurons that need a bound).
+    """
+
+    hw: tuple[int, int]
+    positions: Tensor | None = None
+
+    def rows(self, first: int, last: int) -> "_Rows":
+        """The rows ``first:last`` (sparse rows only; the grid has no row axis of its own)."""
+        return self if self.positions is None else _Rows(self.hw, self.positions[:, first:last])
 
 
 def _pool_is_patchable(layer: nn.MaxPool2d | nn.AvgPool2d) -> bool:
@@ -112,10 +132,13 @@ def patches_apply(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, .
     return _geometries(layers, shapes, stop) is not None
 
 
-def _windows(values: Tensor, geometry: _Geometry, spec_hw: tuple[int, int]) -> Tensor:
-    """``(B, C, H, W)`` map -> ``(B, 1, H_s, W_s, C, k_h, k_w)``: its entries under every window (0 outside)."""
+def _windows(values: Tensor, geometry: _Geometry, spec: _Rows) -> Tensor:
+    """``(B, C, H, W)`` map -> its entries under every window (0 outside), shaped like the patches of ``spec``.
+
+    Grid rows: ``(B, 1, H_s, W_s, C, k_h, k_w)``; sparse rows: ``(B, N, 1, 1, C, k_h, k_w)``.
+    """
     (kh, kw), (sh, sw), (ph, pw) = geometry.kernel, geometry.stride, geometry.padding
-    hs, ws = spec_hw
+    hs, ws = spec.hw
     height, width = values.shape[-2:]
     bottom = max(0, (hs - 1) * sh + kh - ph - height)
     right = max(0, (ws - 1) * sw + kw - pw - width)
@@ -124,18 +147,33 @@ def _windows(values: Tensor, geometry: _Geometry, spec_hw: tuple[int, int]) -> T
     padded = padded[..., :(hs - 1) * sh + kh, :(ws - 1) * sw + kw]
     columns = F.unfold(padded, (kh, kw), stride=(sh, sw))
     batch, channels = values.shape[:2]
-    return columns.view(batch, channels, kh, kw, hs, ws).permute(0, 4, 5, 1, 2, 3).unsqueeze(1)
+    if spec.positions is None:
+        return columns.view(batch, channels, kh, kw, hs, ws).permute(0, 4, 5, 1, 2, 3).unsqueeze(1)
+    positions = spec.positions
+    batch = max(batch, positions.shape[0])
+    index = positions.unsqueeze(1).expand(batch, columns.shape[1], positions.shape[1])
+    picked = columns.expand(batch, -1, -1).gather(2, index)
+    return picked.view(batch, channels, kh, kw, -1).permute(0, 4, 1, 2, 3).unsqueeze(2).unsqueeze(2)
 
 
-def _inside(geometry: _Geometry, spec_hw: tuple[int, int], map_hw: tuple[int, ...], device: torch.device
-            ) -> Tensor | None:
-    """``(H_s, W_s, 1, k_h, k_w)`` mask of window entries inside the ``map_hw`` map, ``None`` if all are."""
+def _inside(geometry: _Geometry, spec: _Rows, map_hw: tuple[int, ...], device: torch.device) -> Tensor | None:
+    """Mask of window entries inside the ``map_hw`` map, ``None`` if all are.
+
+    Grid rows: ``(H_s, W_s, 1, k_h, k_w)``; sparse rows: ``(B, N, 1, 1, 1, k_h, k_w)``.
+    """
+    if spec.positions is None:
+        starts = [torch.arange(spec.hw[axis], device=device) for axis in range(2)]
+    else:
+        starts = [spec.positions // spec.hw[1], spec.positions % spec.hw[1]]
     masks = []
     for axis in range(2):
-        start = torch.arange(spec_hw[axis], device=device) * geometry.stride[axis] - geometry.padding[axis]
-        position = start.unsqueeze(1) + torch.arange(geometry.kernel[axis], device=device)
+        start = starts[axis] * geometry.stride[axis] - geometry.padding[axis]
+        position = start.unsqueeze(-1) + torch.arange(geometry.kernel[axis], device=device)
         masks.append((position >= 0) & (position < map_hw[axis]))
-    inside = masks[0][:, None, None, :, None] & masks[1][None, :, None, None, :]
+    if spec.positions is None:
+        inside = masks[0][:, None, None, :, None] & masks[1][None, :, None, None, :]
+    else:
+        inside = (masks[0][..., :, None] & masks[1][..., None, :])[:, :, None, None, None]
     return None if bool(inside.all()) else inside
 
 
@@ -155,15 +193,15 @@ def _pool_window_position(relax: PoolRelaxation, layer: nn.MaxPool2d) -> Tensor:
 
 
 def _through_pool(layer: nn.MaxPool2d, relax: PoolRelaxation, activation: Relaxation | None, coeffs: Tensor,
-                  offset: Tensor, geometry: _Geometry, spec_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+                  offset: Tensor, geometry: _Geometry, spec: _Rows) -> tuple[Tensor, Tensor]:
     """Windows through MaxPool2d's relaxation (and the fused activation before it, if given)."""
-    exact = _windows(relax.exact.to(coeffs.dtype), geometry, spec_hw) > 0
+    exact = _windows(relax.exact.to(coeffs.dtype), geometry, spec) > 0
     keep = exact | (coeffs >= 0)
     selected = torch.where(keep, coeffs, 0.0)
-    offset = offset + _sum_window((coeffs - selected) * _windows(relax.top, geometry, spec_hw))
+    offset = offset + _sum_window((coeffs - selected) * _windows(relax.top, geometry, spec))
     if activation is not None:
-        selected, offset = _through_activation(activation, selected, offset, geometry, spec_hw)
-    position = _windows(_pool_window_position(relax, layer).to(coeffs.dtype), geometry, spec_hw).long()
+        selected, offset = _through_activation(activation, selected, offset, geometry, spec)
+    position = _windows(_pool_window_position(relax, layer).to(coeffs.dtype), geometry, spec).long()
     kh, kw = as_pair(layer.kernel_size)
     # Entry (i, di, j, dj) of the spread window holds coefficient (i, j) where the pool selected (di, dj).
     specs, hs, ws, channels, wh, ww = selected.shape[1:]
@@ -178,14 +216,14 @@ def _through_pool(layer: nn.MaxPool2d, relax: PoolRelaxation, activation: Relaxa
 
 
 def _through_activation(relax: Relaxation, coeffs: Tensor, offset: Tensor, geometry: _Geometry,
-                        spec_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+                        spec: _Rows) -> tuple[Tensor, Tensor]:
     """``[P]_+`` takes the lower line, ``[P]_-`` the upper line, with the lines cut into the windows."""
     negative = coeffs.clamp(max=0)
-    offset = offset + _sum_window(negative * _windows(relax.icpt_u, geometry, spec_hw))
+    offset = offset + _sum_window(negative * _windows(relax.icpt_u, geometry, spec))
     if relax.has_icpt_l:
-        offset = offset + _sum_window((coeffs - negative) * _windows(relax.icpt_l, geometry, spec_hw))
-    slope_l = _windows(relax.slope_l, geometry, spec_hw)
-    return coeffs * slope_l + negative * (_windows(relax.slope_u, geometry, spec_hw) - slope_l), offset
+        offset = offset + _sum_window((coeffs - negative) * _windows(relax.icpt_l, geometry, spec))
+    slope_l = _windows(relax.slope_l, geometry, spec)
+    return coeffs * slope_l + negative * (_windows(relax.slope_u, geometry, spec) - slope_l), offset
 
 
 def _conv_transpose(coeffs: Tensor, weight: Tensor, stride: tuple[int, int], dilation: tuple[int, int],
@@ -210,19 +248,27 @@ def _conv_transpose(coeffs: Tensor, weight: Tensor, stride: tuple[int, int], dil
 
 
 def _back_substitute(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], relaxations: Relaxations,
-                     stop: int, geometries: list[_Geometry], spec_hw: tuple[int, int], coeffs: Tensor,
+                     stop: int, geometries: list[_Geometry], spec: _Rows, coeffs: Tensor,
                      offset: Tensor) -> tuple[Tensor, Tensor]:
-    """Windows ``P`` at the input of layer ``stop`` -> windows at the model input (and the offset)."""
+    """Windows ``P`` at the input of layer ``stop`` -> windows at the model input (and the offset).
+
+    Two exact shortcuts keep the elementwise passes over ``P`` few: an eval BatchNorm (or InputNormalization)
+    right after a convolution is folded into its weight and bias, and the mask of window entries outside the
+    feature map is skipped where the next step zeroes them anyway (an activation's windows and the input's
+    are cut from zero-padded maps).
+    """
     i = stop - 1
     while i >= 0:
         path, layer = layers[i]
         out_geometry = geometries[i + 1]
         layer_type = type(layer)
-        if layer_type is nn.Conv2d:
-            if layer.bias is not None:
-                offset = offset + coeffs.sum(dim=(-2, -1)) @ layer.bias
-            coeffs = _conv_transpose(coeffs, layer.weight, as_pair(layer.stride), as_pair(layer.dilation),
-                                     layer.groups)
+        folded = folded_into_previous(layers, shapes, i)
+        if folded is not None:  # a convolution with the per-channel affine map after it folded in
+            i -= 1
+            coeffs, offset = _through_conv(layers[i][1], *folded, coeffs, offset)
+            layer_type = nn.Conv2d
+        elif layer_type is nn.Conv2d:
+            coeffs, offset = _through_conv(layer, layer.weight, layer.bias, coeffs, offset)
         elif layer_type is nn.AvgPool2d:
             kernel = as_pair(layer.kernel_size)
             channels = shapes[i][0]
@@ -238,26 +284,37 @@ def _back_substitute(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int
             relax = relaxations[i]
             assert isinstance(relax, PoolRelaxation)
             below = activation_below_pool(layers, relaxations, i, 0)
-            coeffs, offset = _through_pool(layer, relax, below, coeffs, offset, out_geometry, spec_hw)
+            coeffs, offset = _through_pool(layer, relax, below, coeffs, offset, out_geometry, spec)
             if below is not None:
                 i -= 1  # the activation before the pool was applied at the pool's resolution
         elif layer_type in ACTIVATIONS:
             relax = relaxations[i]
             assert isinstance(relax, Relaxation)
-            coeffs, offset = _through_activation(relax, coeffs, offset, out_geometry, spec_hw)
+            coeffs, offset = _through_activation(relax, coeffs, offset, out_geometry, spec)
         elif layer_type not in _PASS_THROUGH:  # pragma: no cover - _geometries admits only the types above
             raise UnsupportedLayerError(layer_type.__name__, path, "no windowed CROWN rule")
-        if layer_type in (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d):  # the layers that grow the windows
-            inside = _inside(geometries[i], spec_hw, shapes[i][1:], coeffs.device)
+        zeroed_below = i == 0 or (layer_type is nn.Conv2d and type(layers[i - 1][1]) in ACTIVATIONS)
+        if layer_type in (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d) and not zeroed_below:  # they grow the windows
+            inside = _inside(geometries[i], spec, shapes[i][1:], coeffs.device)
             if inside is not None:
                 coeffs = coeffs * inside
         i -= 1
     return coeffs, offset
 
 
+def _through_conv(layer: nn.Conv2d, weight: Tensor, bias: Tensor | None, coeffs: Tensor, offset: Tensor
+                  ) -> tuple[Tensor, Tensor]:
+    """Windows through ``Conv2d`` with this weight and bias: ``offset += sum(P) . b``, ``P <- P W`` per window."""
+    if bias is not None:
+        offset = offset + coeffs.sum(dim=(-2, -1)) @ bias
+    coeffs = _conv_transpose(coeffs, weight, as_pair(layer.stride), as_pair(layer.dilation), layer.groups)
+    return coeffs, offset
+
+
 def patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], relaxations: Relaxations,
-                 stop: int, in_lower: Tensor, in_upper: Tensor) -> tuple[Tensor, Tensor]:
-    """CROWN lower and upper bounds of every neuron of the input of layer ``stop``, back-substituted in windows.
+                 stop: int, in_lower: Tensor, in_upper: Tensor, needed: Tensor | None = None
+                 ) -> tuple[Tensor, Tensor]:
+    """CROWN lower and upper bounds of the neurons of the input of layer ``stop``, back-substituted in windows.
 
     Args:
         layers: ``(path, layer)`` of the model in execution order.
@@ -266,6 +323,9 @@ def patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ..
         stop: The layer whose input is bounded; :func:`patches_apply` must hold.
         in_lower: The input box's lower ends ``(B, C, H, W)``.
         in_upper: Its upper ends.
+        needed: Optional ``(B, *shapes[stop])`` mask of the neurons that need a bound (e.g. the unstable ReLU
+            inputs). When few do (at most :data:`SPARSE_FRACTION` of the layer for every example), only their
+            windows are back-substituted, each at its own position; the others get ``-inf`` / ``+inf``.
 
     Returns:
         ``(lower, upper)``, each ``(B, *shapes[stop])``.
@@ -274,9 +334,16 @@ def patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ..
     if geometries is None:
         raise ValueError(f"the input of layer {stop} cannot be bounded in windows")
     channels, hs, ws = shapes[stop]
-    spec_hw = (hs, ws)
     # Largest window tensor per example (a MaxPool step briefly holds kernel-size times its output's windows).
     largest = max(g.kernel[0] * g.kernel[1] * shape[0] for g, shape in zip(geometries, shapes, strict=False))
+    mid, rad = (in_upper + in_lower) / 2, ((in_upper - in_lower) / 2).clamp(min=0)
+    if needed is not None:
+        flat_needed = needed.flatten(1)
+        counts = flat_needed.sum(1)
+        if int(counts.max()) <= SPARSE_FRACTION * flat_needed.shape[1]:
+            return _sparse_patch_bounds(layers, shapes, relaxations, stop, geometries, largest, mid, rad,
+                                        flat_needed, counts)
+    spec = _Rows((hs, ws))
     per_row = hs * ws * largest  # one specification row (a channel of one side) of one example
     chunk = max(1, _CHUNK_ELEMENTS // (2 * channels * per_row))
     # Wide layers (e.g. cnn_7layer's 128-channel maps) do not fit one example at a time: then the rows are split
@@ -285,18 +352,17 @@ def patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ..
     eye = torch.eye(channels, dtype=in_lower.dtype, device=in_lower.device)
     identity = torch.cat([eye, -eye]).view(1, 2 * channels, 1, 1, channels, 1, 1)
     zero = in_lower.new_zeros(1, 2 * channels, hs, ws)
-    mid, rad = (in_upper + in_lower) / 2, ((in_upper - in_lower) / 2).clamp(min=0)
     lowers, uppers = [], []
     for begin in range(0, in_lower.shape[0], chunk):
         end = min(in_lower.shape[0], begin + chunk)
         part = {k: v.rows(begin, end) for k, v in relaxations.items() if k < stop}
-        windows_mid = _windows(mid[begin:end], geometries[0], spec_hw)
-        windows_rad = _windows(rad[begin:end], geometries[0], spec_hw)
+        windows_mid = _windows(mid[begin:end], geometries[0], spec)
+        windows_rad = _windows(rad[begin:end], geometries[0], spec)
         bounds = []
         for first in range(0, 2 * channels, rows):
             last = min(2 * channels, first + rows)
             start = identity[:, first:last].expand(1, last - first, hs, ws, channels, 1, 1)
-            coeffs, offset = _back_substitute(layers, shapes, part, stop, geometries, spec_hw, start,
+            coeffs, offset = _back_substitute(layers, shapes, part, stop, geometries, spec, start,
                                               zero[:, first:last])
             bounds.append(_sum_window(coeffs * windows_mid) - _sum_window(coeffs.abs() * windows_rad) + offset)
             del coeffs
@@ -304,3 +370,52 @@ def patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ..
         lowers.append(bound[:, :channels])
         uppers.append(-bound[:, channels:])
     return torch.cat(lowers), torch.cat(uppers)
+
+
+def _sparse_patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]],
+                         relaxations: Relaxations, stop: int, geometries: list[_Geometry], largest: int, mid: Tensor,
+                         rad: Tensor, needed: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`patch_bounds` for the ``needed`` neurons only (``(B, neurons)``; the others get ``-inf`` / ``+inf``).
+
+    Every example lists its needed neurons first (padded to the largest count of its chunk with a dummy neuron
+    whose bound is discarded); row ``n`` is ``+e_n`` (lower bound) and row ``N + n`` is ``-e_n`` (upper bound),
+    a ``1 x 1`` window at the neuron's own grid position.
+    """
+    channels, hs, ws = shapes[stop]
+    batch, neurons = needed.shape
+    order = torch.argsort(needed.to(torch.int8), dim=1, descending=True, stable=True)
+    chunk = max(1, _CHUNK_ELEMENTS // (2 * max(1, int(counts.max())) * largest))
+    lower = mid.new_full((batch, neurons + 1), -torch.inf)
+    upper = mid.new_full((batch, neurons + 1), torch.inf)
+    eye = torch.eye(channels, dtype=mid.dtype, device=mid.device)
+    for begin in range(0, batch, chunk):
+        end = min(batch, begin + chunk)
+        width = int(counts[begin:end].max())
+        if width == 0:
+            continue
+        index = order[begin:end, :width]
+        valid = torch.arange(width, device=mid.device) < counts[begin:end].unsqueeze(1)
+        target = torch.where(valid, index, neurons)  # the dummy column takes the padding's bounds
+        positions = torch.cat([index % (hs * ws)] * 2, 1)
+        one_hot = eye[index // (hs * ws)]  # (b, width, C): the channel of each row's neuron
+        start_all = torch.cat([one_hot, -one_hot], 1)
+        part = {k: v.rows(begin, end) for k, v in relaxations.items() if k < stop}
+        spec_all = _Rows((hs, ws), positions)
+        rows = max(1, min(2 * width, _CHUNK_ELEMENTS // ((end - begin) * largest)))
+        bounds = []
+        for first in range(0, 2 * width, rows):
+            last = min(2 * width, first + rows)
+            spec = spec_all.rows(first, last)
+            start = start_all[:, first:last].reshape(end - begin, last - first, 1, 1, channels, 1, 1)
+            zero = mid.new_zeros(end - begin, last - first, 1, 1)
+            coeffs, offset = _back_substitute(layers, shapes, part, stop, geometries, spec, start, zero)
+            windows_mid = _windows(mid[begin:end], geometries[0], spec)
+            windows_rad = _windows(rad[begin:end], geometries[0], spec)
+            bound = _sum_window(coeffs * windows_mid) - _sum_window(coeffs.abs() * windows_rad) + offset
+            bounds.append(bound.flatten(1))
+            del coeffs
+        bound = torch.cat(bounds, 1)
+        lower[begin:end].scatter_(1, target, bound[:, :width])
+        upper[begin:end].scatter_(1, target, -bound[:, width:])
+    shape = (batch, *shapes[stop])
+    return lower[:, :neurons].reshape(shape), upper[:, :neurons].reshape(shape)

@@ -16,7 +16,8 @@ from datamodules import CIFAR10DataModule, ImageNetDataModule
 from datamodules.cifar10 import CIFAR10_MEAN, CIFAR10_STD
 from datamodules.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from lightning_modules import ImageClassifier
-from lightning_modules.zoo import ARCHITECTURES, build_model, hub_cache_file, resolve_torchvision_weights
+from lightning_modules.torchvision_models import hub_cache_file, resolve_torchvision_weights
+from lightning_modules.zoo import ARCHITECTURES, build_model
 from tests.data_files import cifar10_checksums, read_cifar10_batch, write_cifar10_batches, write_image_folder
 from tests.test_certify_script import assert_radii_sound
 
@@ -246,21 +247,23 @@ def test_cifar10_configs_run(config: str, tmp_path: Path) -> None:
     assert cli.model.hparams.architecture in ("cnn_7layer", "resnet_small")
 
 
-CNN7_FULL_CROWN = pytest.mark.skip(
-    reason="one full CROWN bound of one 3x32x32 cnn_7layer example takes 3-7 minutes on a 2-core CPU (2.5 GB) and "
-           "a CROWN certification needs about ten per example: too slow for the test suite (README, Model zoo)")
+# Full CROWN of the paper-size cnn_7layer takes minutes per bound on a 2-core CPU (README, Model zoo) and a CROWN
+# certification needs about ten bounds per example, so the CROWN case certifies the same architecture at width 4
+# (every layer type, the stride-2 convolution, BatchNorm folding and the windowed intermediate bounds alike).
+NARROW_CNN7 = ['--model.init_args.architecture_options={"width": 4, "linear_size": 16}']
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("config", "method"), [
-    ("cifar10_cnn7_normal.yaml", "ibp"),
-    pytest.param("cifar10_cnn7_normal.yaml", "crown", marks=CNN7_FULL_CROWN),
-    ("cifar10_resnet_normal.yaml", "ibp"),
-    ("cifar10_resnet_normal.yaml", "crown"),
+@pytest.mark.parametrize(("config", "method", "extra"), [
+    ("cifar10_cnn7_normal.yaml", "ibp", []),
+    ("cifar10_cnn7_normal.yaml", "crown", NARROW_CNN7),
+    ("cifar10_resnet_normal.yaml", "ibp", []),
+    ("cifar10_resnet_normal.yaml", "crown", []),
 ])
-def test_cifar10_train_then_certify_every_box_attacked(config: str, method: str, tmp_path: Path) -> None:
+def test_cifar10_train_then_certify_every_box_attacked(config: str, method: str, extra: list[str],
+                                                       tmp_path: Path) -> None:
     md5s = cifar_files(tmp_path / "data")
-    args = cifar_args(config, tmp_path / "data", tmp_path / "logs")
+    args = [*cifar_args(config, tmp_path / "data", tmp_path / "logs"), *extra]
     with cifar10_checksums(md5s):
         cli = train.main([*args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
                           "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1"])
@@ -268,14 +271,17 @@ def test_cifar10_train_then_certify_every_box_attacked(config: str, method: str,
         assert ckpt
         out = tmp_path / "report"
         summary = certify.main([*args, f"--ckpt_path={ckpt}", "--certify.num_examples=1", "--certify.batch_size=1",
-                                f"--certify.method={method}", "--certify.crown_rounds=1", "--certify.attacks=false",
-                                "--certify.acts=false", "--certify.num_figure_examples=1",
+                                f"--certify.method={method}", "--certify.crown_rounds=1",
+                                "--certify.attacks.enabled=false", "--certify.acts.enabled=false",
+                                "--certify.num_figure_examples=1",
                                 f"--certify.output_dir={out}"])
     assert set(summary["kinds"]) == {"uniform", "nonuniform", "asymmetric"}
     assert all(v["examples"] == 1 for v in summary["kinds"].values())
     cli.datamodule.setup("test")
     network = cli.model.model.eval()
     assert isinstance(network[0], InputNormalization)  # boxes are in [0, 1] pixel units, normalisation inside
+    if extra:
+        assert network[1].out_channels == 4 and network[-1].in_features == 16  # the narrow cnn_7layer
     assert_radii_sound(network, cli.datamodule.test_set, torch.load(out / "radii.pt"), method=method)
 
 
@@ -289,5 +295,6 @@ def test_imagenet_configs_instantiate(config: str, size: int, tmp_path: Path) ->
     assert cli.model.hparams.normalization == (IMAGENET_MEAN, IMAGENET_STD)
     assert isinstance(cli.model.model[0], InputNormalization)
     options = cli.config_init["certify"]
-    assert options.acts and not options.attacks and options.acts_steps == 3 and options.acts_step_fraction == 0.5
-    assert options.acts_eps == pytest.approx([0.1 / 255, 0.2 / 255, 0.3 / 255])
+    assert options.acts.enabled and not options.attacks.enabled
+    assert options.acts.steps == 3 and options.acts.step_fraction == 0.5
+    assert options.acts.eps == pytest.approx([0.1 / 255, 0.2 / 255, 0.3 / 255])

@@ -53,9 +53,26 @@ def odd_geometry(seed: int) -> nn.Sequential:
     return model.double().eval()
 
 
+def narrow_cnn7(seed: int) -> nn.Sequential:
+    """The first three conv-BN-ReLU blocks of cnn_7layer (the second has stride 2) at width 2; one without bias."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(),
+        nn.Conv2d(2, 2, 3, padding=1, bias=False), nn.BatchNorm2d(2), nn.ReLU(),
+        nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 4 * 4, 3),
+    )
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return model.double().eval()
+
+
 CASES = [  # (model builder, input shape, indices of layers whose input gets bounded in windows)
     (lenet_like, (1, 12, 12), (5,)),
     (odd_geometry, (2, 11, 11), (5, 9, 11)),
+    (narrow_cnn7, (3, 8, 8), (5, 8)),
 ]
 
 
@@ -92,6 +109,34 @@ def test_windows_equal_dense_back_substitution_and_enclose_samples(builder, shap
             hidden = nn.Sequential(*[layer for _, layer in layers[:stop]])(points.flatten(0, 1))
         hidden = hidden.view(points.shape[0], *low.shape)
         assert bool((hidden >= low - 1e-9).all()) and bool((hidden <= up + 1e-9).all())
+
+
+@pytest.mark.parametrize(("builder", "shape", "stops"), CASES)
+@pytest.mark.parametrize("split_rows", [False, True])
+def test_sparse_rows_equal_dense_on_the_needed_neurons(builder, shape, stops, split_rows, monkeypatch):
+    # Only the needed neurons' windows are back-substituted (each at its own grid position, examples padded to
+    # the largest count); they must equal the dense reference there, and the others stay unbounded.
+    if split_rows:
+        monkeypatch.setattr(crown_patches, "_CHUNK_ELEMENTS", 4096)
+    model = builder(5)
+    fraction = crown_patches.SPARSE_FRACTION
+    torch.manual_seed(6)
+    x = torch.rand(3, *shape, dtype=torch.float64)
+    lower, upper = x - 0.2 * torch.rand_like(x), x + 0.2 * torch.rand_like(x)
+    layers, shapes, relaxations, _, _ = _build(model, lower, upper, "crown")
+    for stop in stops:
+        needed = torch.rand(3, *shapes[stop]) < torch.tensor([0.3, 0.05, 0.0]).view(3, 1, 1, 1)
+        needed[0, 0, 0, 0] = needed[0, -1, -1, -1] = True  # the grid's corners: windows cut by the padding
+        monkeypatch.setattr(crown_patches, "SPARSE_FRACTION", 1.0)  # sparse rows whatever the count
+        low, up = patch_bounds(layers, shapes, relaxations, stop, lower, upper, needed)
+        monkeypatch.setattr(crown_patches, "SPARSE_FRACTION", fraction)
+        ref_low, ref_up = _dense_reference(layers, shapes, relaxations, stop, lower, upper)
+        torch.testing.assert_close(low[needed], ref_low[needed], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(up[needed], ref_up[needed], rtol=1e-9, atol=1e-9)
+        assert bool((low[~needed] == -torch.inf).all()) and bool((up[~needed] == torch.inf).all())
+        # Too many needed neurons: the whole grid is bounded, as without a mask.
+        all_low, _ = patch_bounds(layers, shapes, relaxations, stop, lower, upper, torch.ones_like(needed))
+        torch.testing.assert_close(all_low, ref_low, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize(("builder", "shape", "stops"), CASES)
@@ -139,3 +184,18 @@ def test_certified_lenet_boxes_survive_attacks(kind):
     lower, upper = x - cert.eps_lower, x + cert.eps_upper
     assert bool((crown_margin_bounds(model, lower, upper, y).min(1).values >= cert.delta).all())
     assert_label_constant(model, lower, upper, y, cert.certified, pgd_steps=30, num_samples=48)
+
+
+def test_folding_batch_norm_into_the_layer_before_changes_nothing(monkeypatch):
+    # Conv2d-BatchNorm2d and Linear-BatchNorm1d pairs are back-substituted as one folded affine map.
+    torch.manual_seed(7)
+    model = nn.Sequential(*narrow_cnn7(8)[:9], nn.Flatten(), nn.Linear(64, 6), nn.BatchNorm1d(6), nn.ReLU(),
+                          nn.Linear(6, 3)).double().eval()
+    model[11].running_mean.uniform_(-0.2, 0.2)
+    model[11].running_var.uniform_(0.5, 1.5)
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    lower, upper, y = x - 0.05, x + 0.05, torch.tensor([0, 1, 2])
+    folded = crown_margin_bounds(model, lower, upper, y)
+    monkeypatch.setattr(crown, "folded_into_previous", lambda *args: None)
+    monkeypatch.setattr(crown_patches, "folded_into_previous", lambda *args: None)
+    torch.testing.assert_close(folded, crown_margin_bounds(model, lower, upper, y), rtol=1e-10, atol=1e-10)
