@@ -30,15 +30,8 @@ from torch import Tensor, nn
 
 from bounds.alpha_core import AlphaOptions, AlphaState, adam_ascent, detached, free_layers, initial_alphas, with_alphas
 from bounds.alpha_intermediate import optimise_jointly
-from bounds.crown import (
-    Intermediate,
-    LinearMarginBound,
-    _backward,
-    _build,
-    _concretize,
-    _margin_bound,
-    chain_margin_spec,
-)
+from bounds.crown import Intermediate, LinearMarginBound, _build, _margin_bound, chain_margin_spec
+from bounds.crown_backward import back_substitute, concretize
 from bounds.engine.chain import NotAChainError
 from bounds.errors import UnsupportedLayerError
 from bounds.layer_relaxations import Relaxations
@@ -77,15 +70,15 @@ def optimise_alphas(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int,
         spec = spec.detach().clone()
         zero = box_l.new_zeros(batch, specs)
         best_alphas = initial_alphas(fixed, free, specs, None)  # CROWN's: iteration 0
-        coeffs, offset = _backward(layers, shapes, fixed, spec, zero, len(layers))
-        best = _concretize(coeffs, offset, box_l, box_u).detach()
+        coeffs, offset = back_substitute(layers, shapes, fixed, spec, zero, len(layers))
+        best = concretize(coeffs, offset, box_l, box_u).detach()
         alphas = initial_alphas(fixed, free, specs, warm)
         params = [a.requires_grad_(True) for a in alphas.values()]
         lr = options.lr
         moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
         for step in range(options.iterations + 1):
-            coeffs, offset = _backward(layers, shapes, with_alphas(fixed, free, alphas), spec, zero, len(layers))
-            bound = _concretize(coeffs, offset, box_l, box_u)
+            coeffs, offset = back_substitute(layers, shapes, with_alphas(fixed, free, alphas), spec, zero, len(layers))
+            bound = concretize(coeffs, offset, box_l, box_u)
             better = bound.detach() > best
             best = torch.where(better, bound.detach(), best)
             for i, alpha in alphas.items():
@@ -121,11 +114,11 @@ def _alpha_build(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor, inte
                                                  warm)
     else:
         relaxed, state = optimise_alphas(layers, shapes, relaxations, record, spec, lower, upper, options, warm)
-        coeffs, offset = _backward(layers, shapes, relaxed, spec, zero, len(layers))
+        coeffs, offset = back_substitute(layers, shapes, relaxed, spec, zero, len(layers))
         if relaxed is relaxations:
             return _margin_bound(coeffs, offset, others, lower, upper), state, out_l, out_u
     # Never looser than CROWN, to the last bit: the rows where CROWN's own bound (computed as crown.py does) is larger.
-    plain_coeffs, plain_offset = _backward(layers, shapes, relaxations, spec, zero, len(layers))
+    plain_coeffs, plain_offset = back_substitute(layers, shapes, relaxations, spec, zero, len(layers))
     plain = _margin_bound(plain_coeffs, plain_offset, others, lower, upper)
     found = _margin_bound(coeffs, offset, others, lower, upper)
     keep = plain.margins(lower, upper) > found.margins(lower, upper)

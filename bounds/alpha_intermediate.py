@@ -19,11 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from bounds.alpha_core import AlphaOptions, AlphaState, adam_ascent, detached, free_layers, initial_alphas
-from bounds.crown import _backward, _concretize, _only_unstable
+from bounds.crown_backward import back_substitute, concretize
+from bounds.crown_intermediate import NONLINEAR, only_unstable
 from bounds.crown_patches import patches_apply
-from bounds.layer_relaxations import ACTIVATIONS, Relaxation, Relaxations, relax_layer
+from bounds.layer_relaxations import Relaxation, Relaxations, relax_layer
 
-_NONLINEAR = (*ACTIVATIONS, nn.MaxPool2d)
 # Elements of the largest dense coefficient tensor of the joint optimisation per chunk of examples.
 _JOINT_ELEMENTS = 2**23
 _PASS = (nn.Flatten, nn.Identity, nn.Dropout)
@@ -52,10 +52,10 @@ def dense_targets(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, .
     """The nonlinear layers whose input bounds CROWN tightened densely, with their specification rows."""
     targets, seen, affine = [], False, False
     for i, (_, layer) in enumerate(layers):
-        if type(layer) in _NONLINEAR:
+        if type(layer) in NONLINEAR:
             if seen and affine and not patches_apply(layers, shapes, i):
                 low, up = (b.flatten(1) for b in bounds[i])
-                needed = (low < 0) & (up > 0) if _only_unstable(layers, i) else up > low
+                needed = (low < 0) & (up > 0) if only_unstable(layers, i) else up > low
                 if type(layer) is nn.ReLU:
                     needed = needed & (up > 0)
                 width = int(needed.sum(1).max())
@@ -73,7 +73,7 @@ def _target(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], 
     last = max(k for k in relaxations if k < i)
     eye = torch.eye(neurons, dtype=dtype, device=needed.device).view(1, neurons, *shapes[i])
     with torch.no_grad():
-        jacobian, jac_offset = _backward(layers, shapes, relaxations, eye, eye.new_zeros(1, neurons), i,
+        jacobian, jac_offset = back_substitute(layers, shapes, relaxations, eye, eye.new_zeros(1, neurons), i,
                                          start=last + 1)
     order = torch.argsort(needed.to(torch.int8), dim=1, descending=True, stable=True)[:, :width]
     valid = torch.arange(width, device=needed.device).unsqueeze(0) < needed.sum(1, keepdim=True)
@@ -105,8 +105,8 @@ def joint_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ..
                 relax_j = relax[j]
                 assert isinstance(relax_j, Relaxation)
                 part[j] = _per_spec(relax_j, (low_j < 0) & (up_j > 0), alphas[target.index, j])
-        coeffs, total = _backward(layers, shapes, part, target.spec, target.offset, target.last + 1)
-        found = _concretize(coeffs, total, lower, upper)
+        coeffs, total = back_substitute(layers, shapes, part, target.spec, target.offset, target.last + 1)
+        found = concretize(coeffs, total, lower, upper)
         width = target.rows.shape[1]
         low, up = (b.flatten(1) for b in bounds[target.index])
         pad_l, pad_u = torch.cat([low, low[:, :1]], 1), torch.cat([up, up[:, :1]], 1)
@@ -122,7 +122,7 @@ def joint_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ..
         assert isinstance(relax_j, Relaxation)
         relax[j] = _per_spec(relax_j, (low_j < 0) & (up_j > 0), final[j])
     zero = lower.new_zeros(lower.shape[0], spec.shape[1])
-    return _backward(layers, shapes, relax, spec, zero, len(layers))
+    return back_substitute(layers, shapes, relax, spec, zero, len(layers))
 
 
 def _intermediate_alphas(fixed: Relaxations, free: dict[int, tuple[Tensor, float]], targets: list[_Target],
@@ -204,7 +204,7 @@ def joint_optimise(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, 
     view = (*best.shape, *([1] * (best_coeffs.dim() - 2)))
     for step in range(iterations + 1):
         coeffs, offset = joint_bounds(layers, shapes, fixed, bounds, free, targets, alphas, final, spec, lower, upper)
-        bound = _concretize(coeffs, offset, lower, upper)
+        bound = concretize(coeffs, offset, lower, upper)
         with torch.no_grad():
             better = bound > best
             best = torch.where(better, bound, best)
@@ -247,9 +247,9 @@ def optimise_jointly(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int
         free = {i: (unstable.clone(), slope) for i, (unstable, slope) in free_layers(layers, record).items()}
         box_l, box_u, spec = lower.detach().clone(), upper.detach().clone(), spec.detach().clone()
         zero = box_l.new_zeros(box_l.shape[0], spec.shape[1])
-        coeffs, offset = _backward(layers, shapes, fixed, spec, zero, len(layers))
+        coeffs, offset = back_substitute(layers, shapes, fixed, spec, zero, len(layers))
         coeffs = coeffs.expand(box_l.shape[0], *coeffs.shape[1:]).detach()
-        best = _concretize(coeffs, offset, box_l, box_u).detach()
+        best = concretize(coeffs, offset, box_l, box_u).detach()
         if not free:
             return coeffs, offset.detach(), AlphaState({}, {})
         targets = dense_targets(layers, shapes, fixed, record)

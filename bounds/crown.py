@@ -31,6 +31,10 @@ decided by the interval bounds already). Both are sound, so each intermediate bo
 and the returned margin bounds are the better of CROWN's and interval propagation's (never looser than IBP).
 On a zero-width box interval propagation is exact and CROWN's intermediate pass is skipped.
 
+Where the pieces live: the dense back-substitution rules in :mod:`bounds.crown_backward`, the windowed ones in
+:mod:`bounds.crown_patches`, the full-CROWN intermediate bounds in :mod:`bounds.crown_intermediate`; this module
+builds the chain with its relaxations and bounds the margin specification.
+
 Public functions: :func:`crown_margin_bounds` (lower bounds of ``f_y - f_j``, like
 :func:`~bounds.margins.margin_lower_bounds`) and :func:`linear_margin_bounds` (the linear lower bound
 ``f_y(x') - f_j(x') >= A_j . x' + b_j`` valid on the whole box, for certification of sub-boxes in closed form).
@@ -43,28 +47,18 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from bounds.crown_patches import SPARSE_FRACTION, patch_bounds, patches_apply
+from bounds.crown_backward import back_substitute, check_crown_layer, concretize
+from bounds.crown_graph import graph_back_substitution
+from bounds.crown_intermediate import NONLINEAR, intermediate_crown, only_unstable
 from bounds.engine.chain import NotAChainError, crown_chain, layer_interval
-from bounds.errors import UnsupportedLayerError
 from bounds.interval import check_model_input, validate_box
 from bounds.layer_relaxations import (
-    ACTIVATIONS,
-    PoolRelaxation,
-    Relaxation,
     Relaxations,
-    activation_below_pool,
-    affine_parts,
-    conv_leading_padding,
-    folded_into_previous,
     relax_layer,
 )
 from bounds.margins import margins_from_bounds, validate_labels
-from bounds.normalization import InputNormalization
 
 Intermediate = Literal["crown", "ibp"]
-_NONLINEAR = (*ACTIVATIONS, nn.MaxPool2d)
-# Examples per chunk of the intermediate back-substitution (memory: chunk x neurons x input size).
-_CHUNK_ELEMENTS = 2**26
 
 
 @dataclass(frozen=True)
@@ -92,235 +86,7 @@ class LinearMarginBound:
         ``min_{x' in box} A_j . x' + b_j = A_j . mid - |A_j| . rad + b_j``. Only sound for sub-boxes of the box
         the relaxation was built on (the caller ensures ``self.lower <= lower <= upper <= self.upper``).
         """
-        return _concretize(self.coefficients, self.offset, lower, upper)
-
-
-def _concretize(coefficients: Tensor, offset: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
-    """``min_{x in [lower, upper]} A x + b`` for ``A (B, S, ...)``: ``A mid - |A| rad + b`` (``(B, S)``)."""
-    mid = ((upper + lower) / 2).flatten(1).unsqueeze(2)
-    rad = ((upper - lower) / 2).clamp(min=0).flatten(1).unsqueeze(2)
-    flat = coefficients.flatten(2)
-    return (flat @ mid).squeeze(2) - (flat.abs() @ rad).squeeze(2) + offset
-
-
-def _conv_backward(layer: nn.Conv2d, weight: Tensor, coeffs: Tensor, in_shape: tuple[int, ...]) -> Tensor:
-    """``Lambda W`` for a convolution (``weight``: the layer's, or with a BatchNorm folded in) of ``Lambda``.
-
-    ``Lambda`` is ``(B, S, C, H, W)``.
-
-    The transposed convolution without padding covers the padded input; the rows and columns of the zero padding
-    (constants, not inputs) are cropped away, and input rows no output reads (a stride's remainder) get zeros.
-    """
-    batch, specs = coeffs.shape[:2]
-    flat = coeffs.reshape(batch * specs, *coeffs.shape[2:])
-    full = F.conv_transpose2d(flat, weight, None, layer.stride, 0, 0, layer.groups, layer.dilation)
-    top, left = conv_leading_padding(layer)
-    height, width = in_shape[-2:]
-    full = full[..., top:top + height, left:left + width]
-    full = F.pad(full, (0, width - full.shape[-1], 0, height - full.shape[-2]))
-    return full.reshape(batch, specs, *in_shape)
-
-
-def _backward(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], relaxations: Relaxations,
-              coeffs: Tensor, offset: Tensor, stop: int, start: int = 0) -> tuple[Tensor, Tensor]:
-    """Back-substitute ``Lambda`` (``(B or 1, S, *shape after layer stop - 1)``) down to the model input.
-
-    Args:
-        layers: ``(path, layer)`` in execution order.
-        shapes: ``shapes[i]`` is the per-example shape of the input of layer ``i`` (``shapes[-1]``: output).
-        relaxations: Relaxation of every nonlinear layer index below ``stop``.
-        coeffs: ``Lambda`` at the input of layer ``stop``.
-        offset: Accumulated offset ``(B or 1, S)``.
-        stop: Number of leading layers to go through (``len(layers)`` for the whole model).
-        start: Stop at the input of this layer instead of the model input.
-
-    Returns:
-        ``(Lambda, offset)`` w.r.t. the input ``h`` of layer ``start`` (the model input by default):
-        ``C f >= Lambda h + offset`` on the box.
-    """
-    i = stop - 1
-    while i >= start:
-        path, layer = layers[i]
-        in_shape = shapes[i]
-        layer_type = type(layer)
-        weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
-        folded = folded_into_previous(layers, shapes, i) if i > start else None
-        if folded is not None:  # the per-channel affine layer folded into the Linear / Conv2d before it
-            i -= 1
-            path, layer = layers[i]
-            in_shape, layer_type = shapes[i], type(layer)
-            weight, bias = folded
-        if layer_type is nn.Linear:  # on the last dimension of any input shape
-            if bias is not None:
-                offset = offset + (coeffs @ bias).reshape(*coeffs.shape[:2], -1).sum(2)
-            coeffs = coeffs @ weight
-        elif layer_type is nn.Conv2d:
-            if bias is not None:
-                offset = offset + coeffs.sum(dim=(-2, -1)) @ bias
-            coeffs = _conv_backward(layer, weight, coeffs, in_shape)
-        elif layer_type in (nn.BatchNorm1d, nn.BatchNorm2d, InputNormalization):
-            scale, shift = affine_parts(layer, path)
-            view = (1, 1, -1, *([1] * (coeffs.dim() - 3)))  # against (B, S, C, ...)
-            scale, shift = scale.reshape(view), shift.reshape(view)
-            offset = offset + (coeffs * shift).flatten(2).sum(2)
-            coeffs = coeffs * scale
-        elif layer_type in (nn.AvgPool2d, nn.AdaptiveAvgPool2d):
-            batch, specs = coeffs.shape[:2]
-            dummy = torch.zeros(batch * specs, *in_shape, dtype=coeffs.dtype, device=coeffs.device)
-            _, pullback = torch.func.vjp(layer, dummy)
-            coeffs = pullback(coeffs.reshape(batch * specs, *coeffs.shape[2:]))[0].reshape(batch, specs, *in_shape)
-        elif layer_type is nn.Flatten:
-            coeffs = coeffs.reshape(*coeffs.shape[:2], *in_shape)
-        elif layer_type in (nn.Identity, nn.Dropout):
-            pass
-        elif layer_type is nn.MaxPool2d:
-            pool = relaxations[i]
-            assert isinstance(pool, PoolRelaxation)
-            below = activation_below_pool(layers, relaxations, i, start)
-            coeffs, offset = _pool_backward(pool, coeffs, offset, below)
-            if below is not None:
-                i -= 1  # the activation before the pool was applied at the pool's resolution
-        elif layer_type in ACTIVATIONS:
-            relax = relaxations[i]
-            assert isinstance(relax, Relaxation)
-            coeffs, offset = _activation_backward(relax, coeffs, offset)
-        else:  # pragma: no cover - crown_chain yields only the types above
-            raise UnsupportedLayerError(layer_type.__name__, path, "no CROWN rule")
-        i -= 1
-    return coeffs, offset
-
-
-def _activation_backward(relax: Relaxation, coeffs: Tensor, offset: Tensor) -> tuple[Tensor, Tensor]:
-    """``[Lambda]_+`` takes the lower line, ``[Lambda]_-`` the upper line (Theorem 3.2); ``relax`` is ``(B, ...)``.
-
-    A ``per_spec`` relaxation (alpha-CROWN) has one lower slope per row of ``Lambda``: ``slope_l (B, S, ...)``.
-    """
-    negative = coeffs.clamp(max=0)
-    offset = offset + (negative.flatten(2) @ relax.icpt_u.flatten(1).unsqueeze(2)).squeeze(2)
-    if relax.has_icpt_l:
-        positive = coeffs - negative
-        offset = offset + (positive.flatten(2) @ relax.icpt_l.flatten(1).unsqueeze(2)).squeeze(2)
-    if relax.per_spec:
-        return torch.addcmul(coeffs * relax.slope_l, negative, relax.slope_u.unsqueeze(1) - relax.slope_l), offset
-    coeffs = torch.addcmul(coeffs * relax.slope_l.unsqueeze(1), negative, (relax.slope_u - relax.slope_l).unsqueeze(1))
-    return coeffs, offset
-
-
-def _pool_backward(relax: PoolRelaxation, coeffs: Tensor, offset: Tensor, activation: Relaxation | None
-                   ) -> tuple[Tensor, Tensor]:
-    """Back-substitute through MaxPool2d's relaxation: a scatter of ``Lambda`` onto the selected entries.
-
-    ``activation``: the relaxation of the activation before the pool at the selected entries
-    (:func:`~bounds.layer_relaxations.activation_below_pool`), applied before the scatter; ``None``: no fusion.
-    """
-    keep = relax.exact.unsqueeze(1) | (coeffs >= 0)
-    selected = torch.where(keep, coeffs, 0.0)
-    constant = coeffs - selected  # the negative coefficients where the window is not exact
-    offset = offset + (constant.flatten(2) @ relax.top.flatten(1).unsqueeze(2)).squeeze(2)
-    if activation is not None:
-        selected, offset = _activation_backward(activation, selected, offset)
-    batch = max(coeffs.shape[0], relax.index.shape[0])
-    specs = coeffs.shape[1]
-    channels = relax.in_shape[0]
-    selected = selected.expand(batch, *selected.shape[1:]).reshape(batch, specs, channels, -1)
-    index = relax.index.flatten(2).unsqueeze(1).expand(batch, specs, channels, -1)
-    out = coeffs.new_zeros(batch, specs, channels, relax.in_shape[1] * relax.in_shape[2])
-    out = out.scatter_add(3, index, selected)
-    return out.view(batch, specs, *relax.in_shape), offset
-
-
-def _intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]],
-                        relaxations: Relaxations, stop: int, lower: Tensor, upper: Tensor,
-                        in_lower: Tensor, in_upper: Tensor, only_unstable: bool) -> tuple[Tensor, Tensor]:
-    """Full-CROWN bounds of the input of layer ``stop`` (``(B, *shapes[stop])``), tightening ``lower, upper``.
-
-    The affine layers between the last nonlinear layer and ``stop`` do not depend on the example: their
-    back-substituted identity (a dense Jacobian, ``J``) is computed once; then every example back-substitutes
-    only its own rows of ``[J; -J]`` (its unstable neurons, or all non-fixed ones), padded to the largest
-    count of its chunk.
-    """
-    flat_l, flat_u = lower.flatten(1), upper.flatten(1)
-    # ReLU inputs with u <= 0 are fixed (output 0); without a MaxPool after it only unstable ones matter.
-    not_fixed = flat_u > flat_l
-    if type(layers[stop][1]) is nn.ReLU:
-        not_fixed = not_fixed & (flat_u > 0)
-    needed = not_fixed & (flat_l < 0) if only_unstable else not_fixed
-    counts = needed.sum(1)
-    if int(counts.max()) == 0:
-        return lower, upper
-    if patches_apply(layers, shapes, stop):
-        # Windows only of the neurons that need a bound when few do; also of the active ones when those are few
-        # enough too (their tighter bounds tighten the next layer's interval bounds, which decide its needed set).
-        if int(not_fixed.sum(1).max()) <= SPARSE_FRACTION * flat_l.shape[1]:
-            needed = not_fixed
-        crown_l, crown_u = patch_bounds(layers, shapes, relaxations, stop, in_lower, in_upper,
-                                        needed.view(lower.shape))
-        new_l = torch.maximum(lower, crown_l)
-        return new_l, torch.maximum(torch.minimum(upper, crown_u), new_l)  # rounding can cross; both are sound
-    batch, neurons = flat_l.shape
-    last = max(k for k in relaxations if k < stop)
-    eye = torch.eye(neurons, dtype=lower.dtype, device=lower.device).view(1, neurons, *shapes[stop])
-    zero = torch.zeros(1, neurons, dtype=lower.dtype, device=lower.device)
-    jacobian, jac_offset = _backward(layers, shapes, relaxations, eye, zero, stop, start=last + 1)
-    jacobian, jac_offset = jacobian[0], jac_offset[0]
-    # Order each example's needed neurons first; the padding points at a dummy column ``neurons``.
-    order = torch.argsort(needed.to(torch.int8), dim=1, descending=True, stable=True)
-    in_size = in_lower[0].numel()
-    per_example = max(1, 2 * int(counts.max()) * max(in_size, jacobian[0].numel()))
-    chunk = max(1, _CHUNK_ELEMENTS // per_example)
-    padded_l = torch.cat([flat_l, flat_l[:, :1]], 1)
-    padded_u = torch.cat([flat_u, flat_u[:, :1]], 1)
-    parts_l, parts_u = [], []
-    for begin in range(0, batch, chunk):
-        end = min(batch, begin + chunk)
-        width = int(counts[begin:end].max())
-        if width == 0:
-            parts_l.append(padded_l[begin:end])
-            parts_u.append(padded_u[begin:end])
-            continue
-        index = order[begin:end, :width]
-        valid = torch.arange(width, device=lower.device).unsqueeze(0) < counts[begin:end].unsqueeze(1)
-        rows = jacobian[index]  # (b, width, ...)
-        offset = jac_offset[index]
-        spec = torch.cat([rows, -rows], 1)
-        spec_offset = torch.cat([offset, -offset], 1)
-        part = {k: v.rows(begin, end) for k, v in relaxations.items() if k < stop}
-        coeffs, total = _backward(layers, shapes, part, spec, spec_offset, last + 1)
-        bounds = _concretize(coeffs, total, in_lower[begin:end], in_upper[begin:end])
-        target = torch.where(valid, index, neurons)
-        low_now, up_now = padded_l[begin:end].gather(1, target), padded_u[begin:end].gather(1, target)
-        low_new = torch.where(valid, torch.maximum(low_now, bounds[:, :width]), low_now)
-        up_new = torch.where(valid, torch.minimum(up_now, -bounds[:, width:]), up_now)
-        up_new = torch.maximum(up_new, low_new)  # rounding can cross the two; both remain sound
-        parts_l.append(padded_l[begin:end].scatter(1, target, low_new))
-        parts_u.append(padded_u[begin:end].scatter(1, target, up_new))
-    new_l, new_u = torch.cat(parts_l), torch.cat(parts_u)
-    return new_l[:, :neurons].reshape(lower.shape), new_u[:, :neurons].reshape(upper.shape)
-
-
-def _only_unstable(layers: list[tuple[str, nn.Module]], i: int) -> bool:
-    """Whether only the unstable inputs of the ReLU at ``i`` need CROWN bounds.
-
-    Its relaxation is exact on stable neurons, but a following MaxPool2d relaxation also uses the bounds of
-    the active ones.
-    """
-    if type(layers[i][1]) is not nn.ReLU:
-        return False
-    for _, later in layers[i + 1:]:
-        if type(later) in _NONLINEAR:
-            return type(later) is not nn.MaxPool2d
-    return True
-
-
-def check_crown_layer(layer: nn.Module, path: str) -> None:
-    """Raise :class:`~bounds.errors.UnsupportedLayerError` for layer settings CROWN's rules do not cover.
-
-    Used by the chain path here and by :mod:`bounds.crown_graph`.
-    """
-    if type(layer) is nn.Conv2d and layer.padding_mode != "zeros":
-        raise UnsupportedLayerError(f"Conv2d(padding_mode={layer.padding_mode!r}) for CROWN", path)
-    if type(layer) is nn.LeakyReLU and layer.negative_slope > 1:
-        raise UnsupportedLayerError(f"LeakyReLU(negative_slope={layer.negative_slope}) (concave) for CROWN", path)
+        return concretize(self.coefficients, self.offset, lower, upper)
 
 
 def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Intermediate,
@@ -352,10 +118,10 @@ def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Interme
     for i, (path, layer) in enumerate(layers):
         check_crown_layer(layer, path)
         layer_type = type(layer)
-        if layer_type in _NONLINEAR:
+        if layer_type in NONLINEAR:
             if tighten and seen_nonlinear and affine_since_nonlinear:
-                box_l, box_u = _intermediate_crown(layers, shapes, relaxations, i, box_l, box_u, lower, upper,
-                                                   only_unstable=_only_unstable(layers, i))
+                box_l, box_u = intermediate_crown(layers, shapes, relaxations, i, box_l, box_u, lower, upper,
+                                                   only_unstable=only_unstable(layers, i))
             relaxations[i] = relax_layer(layer, box_l, box_u)
             if record is not None:
                 record[i] = (box_l, box_u)
@@ -426,7 +192,7 @@ def linear_margin_bounds(model: nn.Module, lower: Tensor, upper: Tensor, y: Tens
 def _final_linear(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]],
                   relaxations: Relaxations, lower: Tensor, upper: Tensor, y: Tensor) -> LinearMarginBound:
     y, spec, others, zero = chain_margin_spec(shapes, lower, y)
-    coeffs, offset = _backward(layers, shapes, relaxations, spec, zero, len(layers))
+    coeffs, offset = back_substitute(layers, shapes, relaxations, spec, zero, len(layers))
     return _margin_bound(coeffs, offset, others, lower, upper)
 
 
@@ -446,8 +212,6 @@ def _margin_bound(coeffs: Tensor, offset: Tensor, others: Tensor, lower: Tensor,
 def _graph_margin_bound(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor
                         ) -> tuple[LinearMarginBound, Tensor, Tensor]:
     """CROWN of a branching graph (:mod:`bounds.crown_graph`): the margin bound and the output's interval bounds."""
-    from bounds.crown_graph import graph_back_substitution  # it imports this module
-
     y = y.to(lower.device)
     found: dict[str, Tensor] = {}
 

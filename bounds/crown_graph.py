@@ -7,7 +7,8 @@ the forward interval pass records every operator node with the boxes of its inpu
 reaching one value from several consumers (the two branches of a residual block) are summed:
 
 - a node with CROWN layers (affine layers, activations, pooling, flattening) goes through those layers with the
-  chain's rules (:func:`bounds.crown._backward`), its activations relaxed on the interval bounds of their inputs;
+  chain's rules (:func:`bounds.crown_backward.back_substitute`), its activations relaxed on the interval bounds of
+  their inputs;
 - ``a + b`` passes ``Lambda`` to both operands (``alpha Lambda`` to ``b`` for ``torch.add(a, b, alpha=...)``),
   ``a - b`` passes ``-Lambda`` to ``b``; a constant operand ``c`` adds ``<Lambda, c>`` to the offset;
 - multiplication (division) by a constant scales ``Lambda`` by it, negation negates it;
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bounds.crown_backward import back_substitute, check_crown_layer
 from bounds.engine.arithmetic import Add, Multiply, Negate, Subtract
 from bounds.engine.box import Box
 from bounds.engine.chain import layer_interval
@@ -137,8 +139,6 @@ def _node_backward(node: Node, call: Call, out: Box, lam: Tensor) -> tuple[list[
 def _through_layers(node: Node, box: Box, layers: list[nn.Module], lam: Tensor
                     ) -> tuple[list[tuple[Box, Tensor]], Tensor]:
     """Back-substitute through the CROWN layers of one node, relaxed on interval bounds of their inputs."""
-    from bounds.crown import _backward, check_crown_layer  # crown imports this module lazily
-
     lower, upper = box.ends()
     shapes = [tuple(lower.shape[1:])]
     relaxations: Relaxations = {}
@@ -150,5 +150,5 @@ def _through_layers(node: Node, box: Box, layers: list[nn.Module], lam: Tensor
         lower, upper = layer_interval(layer, path, lower, upper)
         shapes.append(tuple(lower.shape[1:]))
     zero = lam.new_zeros(lam.shape[:2])
-    coeffs, offset = _backward(chain, shapes, relaxations, lam, zero, len(chain))
+    coeffs, offset = back_substitute(chain, shapes, relaxations, lam, zero, len(chain))
     return [(box, coeffs)], offset

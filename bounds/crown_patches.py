@@ -24,6 +24,13 @@ dense ones of :mod:`bounds.crown` restricted to the window:
 Window entries outside a feature map stand for the zero padding of the next layer and are zeroed after each
 step; at the input the windows of the box centre and radius give ``P mid - |P| rad + offset``. The results
 equal the dense back-substitution up to rounding (tested), at a cost proportional to the receptive field.
+
+When only some neurons need a bound (the unstable ReLU inputs; at most ``SPARSE_FRACTION`` of the layer), each of
+them gets its own ``1 x 1`` starting window at its grid position instead of the whole grid of every channel
+(auto_LiRPA's ``unstable_idx``): the rules are the same, with the windows of the maps cut at those positions.
+An eval BatchNorm right after a convolution is folded into it (one pass over ``P`` instead of three).
+
+This file is one concept (windowed CROWN back-substitution), hence its length.
 """
 
 from dataclasses import dataclass

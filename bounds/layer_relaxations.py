@@ -38,7 +38,8 @@ class Relaxation:
     Every tensor has the layer's input shape ``(B, ...)``; ``has_icpt_l`` is ``False`` when ``icpt_l`` is zero.
     With ``per_spec``, ``slope_l`` alone is ``(B, S, ...)``: one lower line per specification row (alpha-CROWN's
     optimised slopes, Xu et al. ICLR 2021, :mod:`bounds.alpha_crown`); only the dense back-substitution
-    (:func:`bounds.crown._backward`) takes such a relaxation, not the windowed one (:mod:`bounds.crown_patches`).
+    (:func:`bounds.crown_backward.back_substitute`) takes such a relaxation, not the windowed one
+    (:mod:`bounds.crown_patches`).
     """
 
     slope_l: Tensor

@@ -1,6 +1,6 @@
 """Windowed ("patches") back-substitution (bounds/crown_patches.py) and the fused max-pool/activation step.
 
-The reference is the dense back-substitution of bounds/crown.py applied to the identity of the bounded layer:
+The reference is the dense back-substitution of bounds/crown_backward.py applied to the identity of the bounded layer:
 both must give the same bounds on every neuron, and both must enclose every sampled activation.
 """
 
@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-import bounds.crown as crown
+import bounds.crown_backward as crown_backward
+import bounds.crown_intermediate as crown_intermediate
 import bounds.crown_patches as crown_patches
 from bounds.certify import certify
-from bounds.crown import _backward, _build, _concretize, crown_margin_bounds
+from bounds.crown import _build, back_substitute, concretize, crown_margin_bounds
 from bounds.crown_patches import patch_bounds, patches_apply
 from bounds.normalization import InputNormalization
 from lightning_modules.zoo import build_model
@@ -81,8 +82,8 @@ def _dense_reference(layers, shapes, relaxations, stop, lower, upper):
     neurons = torch.Size(shapes[stop]).numel()
     eye = torch.eye(neurons, dtype=lower.dtype).view(1, neurons, *shapes[stop])
     spec = torch.cat([eye, -eye], 1)
-    coeffs, offset = _backward(layers, shapes, relaxations, spec, lower.new_zeros(1, 2 * neurons), stop)
-    bounds = _concretize(coeffs.expand(lower.shape[0], *coeffs.shape[1:]), offset, lower, upper)
+    coeffs, offset = back_substitute(layers, shapes, relaxations, spec, lower.new_zeros(1, 2 * neurons), stop)
+    bounds = concretize(coeffs.expand(lower.shape[0], *coeffs.shape[1:]), offset, lower, upper)
     return bounds[:, :neurons].view(-1, *shapes[stop]), -bounds[:, neurons:].view(-1, *shapes[stop])
 
 
@@ -146,8 +147,8 @@ def test_patches_and_pool_fusion_do_not_change_margins(builder, shape, stops, mo
     x = torch.rand(4, *shape, dtype=torch.float64)
     lower, upper, y = x - 0.1, x + 0.1, torch.tensor([0, 1, 2, 0])
     fast = crown_margin_bounds(model, lower, upper, y)
-    monkeypatch.setattr(crown, "patches_apply", lambda *args: False)
-    monkeypatch.setattr(crown, "activation_below_pool", lambda *args: None)
+    monkeypatch.setattr(crown_intermediate, "patches_apply", lambda *args: False)
+    monkeypatch.setattr(crown_backward, "activation_below_pool", lambda *args: None)
     slow = crown_margin_bounds(model, lower, upper, y)
     torch.testing.assert_close(fast, slow, rtol=1e-8, atol=1e-8)
 
@@ -196,6 +197,6 @@ def test_folding_batch_norm_into_the_layer_before_changes_nothing(monkeypatch):
     x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
     lower, upper, y = x - 0.05, x + 0.05, torch.tensor([0, 1, 2])
     folded = crown_margin_bounds(model, lower, upper, y)
-    monkeypatch.setattr(crown, "folded_into_previous", lambda *args: None)
+    monkeypatch.setattr(crown_backward, "folded_into_previous", lambda *args: None)
     monkeypatch.setattr(crown_patches, "folded_into_previous", lambda *args: None)
     torch.testing.assert_close(folded, crown_margin_bounds(model, lower, upper, y), rtol=1e-10, atol=1e-10)

@@ -13,6 +13,8 @@ are, except random sampling functions, which are refused.
 The graph is cached per model in a ``WeakKeyDictionary`` (the cache never keeps a model alive) together with a
 signature of the model's module tree (paths, identities, types, train/eval flags): a changed submodule, a
 replaced layer or a mode switch is traced again; parameters are read live at every call.
+
+This file is one concept (the traced graph: how it is built, cached and run), hence its length.
 """
 
 import inspect
