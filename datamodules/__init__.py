@@ -7,8 +7,9 @@ Every datamodule exposes ``input_shape``, ``num_classes``, ``input_range`` and `
 from datamodules.and_gate import ANDGateDataModule, and_gate_labels
 from datamodules.base import ClassificationDataModule
 from datamodules.cifar10 import CIFAR10DataModule
+from datamodules.embedded_mnist import embedded_mnist_splits
 from datamodules.imagenet import ImageNetDataModule
-from datamodules.mnist import FashionMNISTDataModule, MNISTDataModule, MNISTLikeDataModule, embedded_mnist_splits
+from datamodules.mnist import FashionMNISTDataModule, MNISTDataModule, MNISTLikeDataModule
 from datamodules.svhn import SVHNDataModule
 from datamodules.synthetic import Synthetic2DDataModule, make_synthetic_2d, nearest_seed_labels
 

@@ -12,7 +12,8 @@ from lightning.pytorch import LightningModule, Trainer
 from torchvision import datasets
 
 from datamodules.and_gate import ANDGateDataModule, and_gate_labels
-from datamodules.mnist import EMBEDDED_SIZES, FashionMNISTDataModule, MNISTDataModule, embedded_mnist_splits
+from datamodules.embedded_mnist import EMBEDDED_SIZES, embedded_mnist_splits
+from datamodules.mnist import FashionMNISTDataModule, MNISTDataModule
 from datamodules.svhn import SVHNDataModule
 from datamodules.synthetic import Synthetic2DDataModule, nearest_seed_labels
 from lightning_modules.zoo import build_model
