@@ -32,6 +32,7 @@ wires the CLI, the weights, the examples and the Trainer to :mod:`reporting`.
 """
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from callbacks.indexing import IndexedDataset
-from cli import check_checkpoint_matches, make_cli
+from cli import RenamedOptionError, check_checkpoint_matches, make_cli
 from reporting.acts.rendering import write_acts_report
 from reporting.attacks.rendering import write_attacks_report
 from reporting.options import CertifyOptions
@@ -141,4 +142,8 @@ def main(args: Sequence[str] | None = None) -> dict[str, Any] | None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main()
+    try:
+        main()
+    except RenamedOptionError as err:  # a user error, not a bug: the message alone, exit status 2 like argparse
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -4,13 +4,14 @@ Resume an interrupted run with ``--ckpt_path logs/<name>/version_<n>/checkpoints
 """
 
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from cli import RobustCLI, check_checkpoint_matches, make_cli
+from cli import RenamedOptionError, RobustCLI, check_checkpoint_matches, make_cli
 
 log = logging.getLogger("train")
 
@@ -63,4 +64,8 @@ def main(args: Sequence[str] | None = None) -> RobustCLI:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main()
+    try:
+        main()
+    except RenamedOptionError as err:  # a user error, not a bug: the message alone, exit status 2 like argparse
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -342,6 +342,13 @@ def test_former_flat_keys_on_the_command_line_name_their_new_key(args: list[str]
         certify.main(["--config", "normal_lenet.yaml", *args, *QUIET])
 
 
+def test_the_script_reports_a_former_key_as_a_usage_error_without_a_traceback() -> None:
+    done = subprocess.run([sys.executable, "certify.py", "--config", "normal_lenet.yaml", "--certify.attack_cw_lr=0.1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "certify.attacks.cw_lr" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_former_flat_keys_in_a_yaml_name_their_new_key(tmp_path: Path) -> None:
     config = tmp_path / "old.yaml"
     old = (ROOT / "configs" / "normal_lenet.yaml").read_text()
