@@ -11,7 +11,10 @@ offline, so only costs are measured; the ImageNet mean/std normalisation is the 
 - CLEVER (:func:`bounds.clever_score`, l_2, runner-up class) at ``--clever-batches`` x ``--clever-batch-size``
   samples on ``--clever-examples`` images, and its time at the paper's 500 x 1024 samples: measured when those
   are the sizes given, else extrapolated linearly in the number of samples (labelled so);
-- CLEVER's time over ACTS's (the paper's "speed-up": 2181-6628 on a V100).
+- CLEVER's time over ACTS's (the paper's "speed-up": 2181-6628 on a V100);
+- the run's peak memory (``torch.cuda.max_memory_allocated`` on CUDA, the process's peak RSS on the CPU).
+
+The model and the images live on ``--device``; on CUDA every timing is synchronised.
 
 Run: ``python benchmarks/bench_acts_imagenet.py --threads 2`` (CPU, small defaults: a few minutes), or
 ``--device cuda --clever-batches 500 --clever-batch-size 1024`` on a GPU for the paper's sizes.
@@ -20,12 +23,12 @@ Run: ``python benchmarks/bench_acts_imagenet.py --threads 2`` (CPU, small defaul
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torchvision
+from common import add_device_argument, memory_line, timed
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,17 +49,6 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PAPER_SAMPLES = 500 * 1024
 
 
-def timed(device: torch.device, work: Callable[[], object]) -> tuple[float, object]:
-    """Wall-clock seconds of ``work()`` (GPU work included) and its result."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    result = work()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, result
-
-
 def attack_fn(name: str, model: nn.Module, eps: float, steps: int) -> Callable[[Tensor, Tensor, Tensor], AttackResult]:
     """The attack ``name`` of the ACTS protocol as ``(x, y, index) -> AttackResult``."""
     if name == "fgsm":
@@ -69,7 +61,7 @@ def attack_fn(name: str, model: nn.Module, eps: float, steps: int) -> Callable[[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--examples", type=int, default=2, help="images for the ACTS timings")
     parser.add_argument("--batch-size", type=int, default=2, help="images per attack/ACTS batch")
@@ -84,7 +76,7 @@ def main() -> None:
     parser.add_argument("--clever-points-per-pass", type=int, default=16, help="CLEVER samples per pass (memory)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = args.device
     torch.manual_seed(0)
     network = torchvision.models.resnet50(weights=None, num_classes=1000)
     model = nn.Sequential(InputNormalization(IMAGENET_MEAN, IMAGENET_STD), network).eval().to(device)
@@ -109,9 +101,9 @@ def main() -> None:
             attack_seconds = score_seconds = 0.0
             fooled = 0
             for x, y, index in batches:
-                seconds, result = timed(device, lambda x=x, y=y, index=index, run=run: run(x, y, index))
+                seconds, result = timed(run, x, y, index, device=device)
                 attack_seconds += seconds
-                seconds, _ = timed(device, lambda x=x, result=result: acts_scores(model, x, result, [args.top_k]))
+                seconds, _ = timed(acts_scores, model, x, result, [args.top_k], device=device)
                 score_seconds += seconds
                 fooled += int(result.success.sum())
             attack_runs.append(attack_seconds / args.examples)
@@ -129,9 +121,9 @@ def main() -> None:
         x, y = x_all[: args.clever_examples], y_all[: args.clever_examples]
         samples = args.clever_batches * args.clever_batch_size
         generator = torch.Generator(device=device).manual_seed(0)
-        seconds, _ = timed(device, lambda: clever_score(
-            model, x, y, norm="l2", radius=2.0, num_batches=args.clever_batches, batch_size=args.clever_batch_size,
-            top_k=1, input_range=(0.0, 1.0), generator=generator, max_points_per_pass=args.clever_points_per_pass))
+        seconds, _ = timed(clever_score, model, x, y, norm="l2", radius=2.0, num_batches=args.clever_batches,
+                           batch_size=args.clever_batch_size, top_k=1, input_range=(0.0, 1.0), generator=generator,
+                           max_points_per_pass=args.clever_points_per_pass, device=device)
         per_image = seconds / x.shape[0]
         paper = per_image * PAPER_SAMPLES / samples
         label = "measured" if samples == PAPER_SAMPLES else "EXTRAPOLATED linearly in the number of samples"
@@ -144,6 +136,7 @@ def main() -> None:
               f"{paper / multi_step:.0f}x")
     print("ACTS Table 6 (V100, pretrained): CLEVER 196.25-331.42 s/image; ACTS 0.04-0.05 s (one-step) and "
           "0.09-0.13 s (multi-step); speed-up 4906-6628 and 2181-2549 (ResNet50: 196.25 s, 0.04/0.09 s)")
+    print(memory_line(device))
 
 
 if __name__ == "__main__":

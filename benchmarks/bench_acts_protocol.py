@@ -10,6 +10,9 @@ For the PGD-trained (``robust_lenet.yaml``) and the normal (``normal_lenet.yaml`
    cheap certification kind) on ``--examples`` digits: attacked counts, ACTS Overlap% (< 10% wanted at every
    level) and AUROC, CLEVER's (l_2 and l_inf) beside them, seconds per image.
 
+Training, calibration and ``certify.py`` run on ``--device`` (``--trainer.accelerator``/``--trainer.devices`` for
+the scripts); the last line is the peak memory of this process (``torch.cuda.max_memory_allocated`` on CUDA).
+
 Run: ``python benchmarks/bench_acts_protocol.py`` (training both models takes tens of minutes on a busy CPU;
 pass checkpoints to skip it). Timings on a shared, loaded machine are inflated; compare them side by side only.
 """
@@ -22,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from common import add_device_argument, memory_line, trainer_flags
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,9 +43,9 @@ QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=
 GRID = (0.02, 0.04, 0.06, 0.08, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.35, 0.4)
 
 
-def trained_checkpoint(config: str, log_dir: Path, epochs: int | None) -> Path:
-    """Train ``config`` with ``train.main`` (its own epochs unless ``epochs``) and return the last checkpoint."""
-    extra = [] if epochs is None else [f"--trainer.max_epochs={epochs}"]
+def trained_checkpoint(config: str, log_dir: Path, epochs: int | None, device: torch.device | str = "cpu") -> Path:
+    """Train ``config`` with ``train.main`` (its own epochs unless ``epochs``) on ``device``; the last checkpoint."""
+    extra = [*trainer_flags(device), *([] if epochs is None else [f"--trainer.max_epochs={epochs}"])]
     start = time.perf_counter()
     cli = train.main(["--config", config, f"--trainer.logger.init_args.save_dir={log_dir}", *extra, *QUIET])
     callback = cli.trainer.checkpoint_callback
@@ -50,17 +54,18 @@ def trained_checkpoint(config: str, log_dir: Path, epochs: int | None) -> Path:
     return path
 
 
-def load_examples(config: str, ckpt: Path, count: int) -> tuple[nn.Module, Tensor, Tensor, Tensor]:
-    """The classifier of ``ckpt`` and its first ``count`` correctly classified test digits."""
+def load_examples(config: str, ckpt: Path, count: int, device: torch.device | str = "cpu"
+                  ) -> tuple[nn.Module, Tensor, Tensor, Tensor]:
+    """The classifier of ``ckpt`` on ``device`` and its first ``count`` correctly classified test digits there."""
     cli = make_cli(["--config", config, "--trainer.logger=false", *QUIET])
-    cli.model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
-    network = certify.classifier_of(cli.model).eval()
+    cli.model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=False)["state_dict"])
+    network = certify.classifier_of(cli.model).eval().to(device)
     cli.datamodule.setup("test")
     dataset = cli.datamodule.test_set
     indices = select_correct(network, dataset, count)[0]
-    x = torch.stack([torch.as_tensor(dataset[i][0]) for i in indices])
-    y = torch.tensor([int(dataset[i][1]) for i in indices])
-    return network, x, y, torch.tensor(indices)
+    x = torch.stack([torch.as_tensor(dataset[i][0]) for i in indices]).to(device)
+    y = torch.tensor([int(dataset[i][1]) for i in indices], device=device)
+    return network, x, y, torch.tensor(indices, device=device)
 
 
 def attacked_fraction(network: nn.Module, x: Tensor, y: Tensor, index: Tensor, eps: float, seed: int = 0) -> float:
@@ -100,6 +105,7 @@ def main() -> None:
     parser.add_argument("--clever-paper-sizes", action="store_true", help="CLEVER with 500 x 1024 samples")
     parser.add_argument("--out", type=Path, default=Path("bench_acts_protocol_out"))
     parser.add_argument("--threads", type=int, default=1)
+    add_device_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -109,8 +115,8 @@ def main() -> None:
     for config, ckpt in models.items():
         name = config.removesuffix(".yaml")
         if ckpt is None:
-            ckpt = trained_checkpoint(config, args.out / "train_logs", args.train_epochs)
-        network, x, y, index = load_examples(config, ckpt, args.examples)
+            ckpt = trained_checkpoint(config, args.out / "train_logs", args.train_epochs, args.device)
+        network, x, y, index = load_examples(config, ckpt, args.examples, args.device)
         rates = {eps: attacked_fraction(network, x, y, index, eps) for eps in sorted({*GRID, *DEFAULT_ACTS_EPS})}
         levels = calibrate(rates, args.targets)
         print(f"\n=== {name}: {x.shape[0]} correctly classified test digits ===")
@@ -130,7 +136,7 @@ def main() -> None:
                                 "--certify.attacks.enabled=false", f"--certify.acts.num_examples={args.examples}",
                                 "--certify.acts.attacks=[pgd]",
                                 f"--certify.acts.eps=[{', '.join(str(v) for v in levels)}]",
-                                "--certify.num_figure_examples=0", *clever, *QUIET])
+                                "--certify.num_figure_examples=0", *clever, *trainer_flags(args.device), *QUIET])
         assert summary is not None
         print(f"certify.py ACTS report in {time.perf_counter() - start:.0f}s")
         results[name] = {"rates": rates, "levels": levels, "acts": summary["acts"],
@@ -151,6 +157,7 @@ def main() -> None:
               f"linf {seconds['clever_linf']:.4f} (ratio CLEVER l2/ACTS {seconds['clever_l2'] / acts_seconds:.0f}x); "
               f"attack flips {result['pgd']['attack_flips']}")
     (args.out / "bench_acts_protocol.json").write_text(json.dumps(results, indent=2, default=str))
+    print(memory_line(args.device))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ relative to ``|CROWN mean|``, and milliseconds per example of each (best of ``--
 cost ratio to CROWN. The second table certifies ``--certify-examples``
 examples per model with ``certify(kind, method=...)`` for ``crown`` and ``alpha-crown`` and prints the mean
 geometric-mean width of the certified boxes (the same examples certified by both), the certified fraction and
-seconds per example:
+seconds per example. ``--device cuda`` runs every model and box on the GPU (timings synchronised); the last line
+is the run's peak memory (``torch.cuda.max_memory_allocated`` on CUDA, the process's peak RSS on the CPU):
 
     python benchmarks/bench_alpha_crown.py --threads 1 --log-dir /tmp/bench_engine_logs
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 from bench_certify import correctly_classified, trained_model
-from bench_engine import best_seconds
+from common import add_device_argument, best_seconds, memory_line, timed
 from torch import nn
 
 from bounds import alpha_crown_margin_bounds, certify, crown_margin_bounds
@@ -63,7 +64,7 @@ def bound_row(model: nn.Module, x: torch.Tensor, y: torch.Tensor, radius: float,
         finite = torch.isfinite(margins["crown"])
         for name, function in methods.items():
             row[f"{name}_margin"] = float(margins[name][finite].mean())
-            row[f"{name}_ms"] = 1e3 * best_seconds(function, repeats) / x.shape[0]
+            row[f"{name}_ms"] = 1e3 * best_seconds(function, repeats, x.device) / x.shape[0]
     for name in ("final", "joint"):
         row[f"{name}_min_gain"] = float((margins[name] - margins["crown"])[finite].min())
     return row
@@ -76,14 +77,16 @@ def gain(value: float, crown: float) -> str:
 
 def certify_row(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str) -> dict[str, float]:
     """Widths (examples certified by both), certified fractions and seconds per example of both methods."""
-    certs = {method: certify(model, x, y, kind, method=method) for method in ("crown", "alpha-crown")}
+    seconds, certs = {}, {}
+    for method in ("crown", "alpha-crown"):
+        seconds[method], certs[method] = timed(certify, model, x, y, kind, method=method, device=x.device)
     both = certs["crown"].certified & certs["alpha-crown"].certified
     row: dict[str, float] = {"both": int(both.sum())}
     for method, cert in certs.items():
         width = geometric_mean_width(cert)
         row[f"{method}_width"] = float(width[both].mean()) if bool(both.any()) else float("nan")
         row[f"{method}_certified"] = float(cert.certified.float().mean())
-        row[f"{method}_s"] = cert.seconds / x.shape[0]
+        row[f"{method}_s"] = seconds[method] / x.shape[0]
     return row
 
 
@@ -95,12 +98,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="training epochs of the models (when not cached)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the best is kept)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
+    add_device_argument(parser)
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/bench_engine_logs"))
     parser.add_argument("--skip-certify", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = args.device
     zoo = [(name, model.to(device), x.to(device), y.to(device), radii) for name, model, x, y, radii in models(args)]
     print(f"| model | radius | CROWN mean margin | alpha final-only | alpha default (joint) | gain final / joint "
           f"| CROWN ms/ex | final-only ms/ex (x CROWN) | default ms/ex (x CROWN) | ({args.examples} examples, "
@@ -116,6 +119,7 @@ def main() -> None:
                   f"({row['joint_ms'] / row['crown_ms']:.1f}x) | |")
             print(json.dumps({"model": name, "radius": radius, **row}))
     if args.skip_certify:
+        print(memory_line(device))
         return
     print(f"\n| model | kind | CROWN width | alpha-CROWN width | width ratio | certified CROWN / alpha | CROWN s/ex | "
           f"alpha-CROWN s/ex | ({args.certify_examples} examples; widths over the examples both certify) |")
@@ -128,6 +132,7 @@ def main() -> None:
                   f"{row['alpha-crown_width'] / row['crown_width']:.3f} | {row['crown_certified']:.2f} / "
                   f"{row['alpha-crown_certified']:.2f} | {row['crown_s']:.3f} | {row['alpha-crown_s']:.3f} | |")
             print(json.dumps({"model": name, "kind": kind, **row}))
+    print(memory_line(device))
 
 
 if __name__ == "__main__":

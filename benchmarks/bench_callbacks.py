@@ -14,6 +14,10 @@ steps) every epoch. Measured on the shared 2-core box (load average about 3): ce
 prints the in-run share (seconds inside the callbacks' hooks over the epoch's seconds), which both parts of an
 epoch measure under the same load.
 
+``--device cuda`` trains on the GPU (``Trainer(accelerator="gpu", devices=[index])``; both timers synchronise the
+GPU, ``torch.cuda.synchronize``, at their clock readings); the last line is the peak memory of this process
+(``torch.cuda.max_memory_allocated`` on CUDA, peak RSS on the CPU).
+
     python benchmarks/bench_callbacks.py --epochs 4 --rounds 1 --threads 2
 """
 
@@ -27,6 +31,7 @@ from typing import Any
 
 import torch
 import yaml
+from common import add_device_argument, lightning_accelerator, memory_line, synchronize
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -47,10 +52,12 @@ class EpochTimer(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start the clock."""
+        synchronize(pl_module.device)
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Record the epoch's seconds (Lightning runs the epoch's validation before this hook)."""
+        synchronize(pl_module.device)
         self.seconds.append(time.perf_counter() - self._start)
 
 
@@ -72,10 +79,13 @@ class HookTimer:
 
     def _wrap(self, method: Any) -> Any:
         def timed(*args: Any, **kwargs: Any) -> Any:
+            device = getattr(args[1], "device", "cpu") if len(args) > 1 else "cpu"  # (trainer, pl_module, ...)
+            synchronize(device)
             start = time.perf_counter()
             try:
                 return method(*args, **kwargs)
             finally:
+                synchronize(device)
                 epoch = len(self._epochs.seconds)
                 self.seconds[epoch] = self.seconds.get(epoch, 0.0) + time.perf_counter() - start
 
@@ -83,12 +93,14 @@ class HookTimer:
 
 
 def quickstart() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model and data arguments of ``configs/robust_lenet.yaml``."""
     config = yaml.safe_load((ROOT / "configs" / "robust_lenet.yaml").read_text())
     return config["model"]["init_args"], config["data"]["init_args"]
 
 
-def run(epochs: int, with_callbacks: bool, max_train_examples: int | None,
-        log_dir: Path) -> tuple[list[float], list[float]]:
+def run(epochs: int, with_callbacks: bool, max_train_examples: int | None, log_dir: Path,
+        device: torch.device | str = "cpu") -> tuple[list[float], list[float]]:
+    """Seconds of every epoch of one training run on ``device``, and the seconds inside the callbacks' hooks."""
     model_args, data_args = quickstart()
     seed_everything(0, verbose=False)
     model = AdversarialClassifier(**model_args)
@@ -100,7 +112,8 @@ def run(epochs: int, with_callbacks: bool, max_train_examples: int | None,
         ours: list[Callback] = [AmoebaBoundCallback(), ACTSCallback()]
         hooks = HookTimer(ours, timer)
         callbacks += ours
-    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=epochs, callbacks=callbacks,
+    accelerator, devices = lightning_accelerator(device)
+    trainer = Trainer(accelerator=accelerator, devices=devices, max_epochs=epochs, callbacks=callbacks,
                       logger=TensorBoardLogger(log_dir, name="with" if with_callbacks else "without"),
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=data)
@@ -109,11 +122,13 @@ def run(epochs: int, with_callbacks: bool, max_train_examples: int | None,
 
 
 def main() -> None:
+    """Alternate runs without and with the callbacks and print the epoch times."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (a multiple of every_n_epochs)")
     parser.add_argument("--rounds", type=int, default=1, help="alternating without/with rounds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-train-examples", type=int, default=None, help="shrink the epoch (default: all 4,000)")
+    add_device_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     times: dict[str, list[float]] = {"without": [], "with": []}
@@ -121,7 +136,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for round_index in range(args.rounds):
             for name in ("without", "with"):
-                seconds, hook_seconds = run(args.epochs, name == "with", args.max_train_examples, Path(folder))
+                seconds, hook_seconds = run(args.epochs, name == "with", args.max_train_examples, Path(folder),
+                                            args.device)
                 times[name] += seconds
                 print(f"round {round_index} {name:>7} callbacks: epochs " + " ".join(f"{s:.2f}" for s in seconds)
                       + f" s (mean {statistics.mean(seconds):.2f} s)", flush=True)
@@ -137,6 +153,7 @@ def main() -> None:
     print(f"in-run: {spent / len(inside):.2f} s of {total / len(inside):.2f} s per epoch inside the callbacks; "
           f"ratio epoch/(epoch - callbacks): {total / (total - spent):.3f}  "
           f"(added {100 * spent / (total - spent):.1f}%)")
+    print(memory_line(args.device))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ framework's own configs (``normal_lenet.yaml`` / ``robust_lenet.yaml`` with the 
 by default, kept under ``--log-dir`` and reused). It certifies the first ``--examples`` correctly classified test
 digits with ``certify(..., method="ibp")`` and ``certify(..., method="crown")`` for each kind, one after the other
 in one run, and prints mean geometric-mean widths, certified fractions, seconds per example and the CROWN/IBP
-ratios.
+ratios. ``--device cuda`` certifies on the GPU (the models are trained where ``train.py`` puts them, then moved;
+timings synchronised); the last line is the run's peak memory.
 
     python benchmarks/bench_crown.py                                  # LeNet and FC100, normal and PGD
     python benchmarks/bench_crown.py --models lenet --training normal --examples 50 --threads 2
@@ -15,11 +16,11 @@ Timings on a shared, loaded machine are inflated; the ratios side by side are mo
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 from bench_certify import CONFIGS, correctly_classified, trained_model
+from common import add_device_argument, memory_line, timed
 
 from bounds.analysis import mean_certified_width
 from bounds.certify import certify
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--crown-rounds", type=int, default=4)
     parser.add_argument("--log-dir", type=Path, default=Path("logs/bench_certify"))
+    add_device_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -44,14 +46,14 @@ def main() -> None:
         for training in args.training:
             model, datamodule = trained_model(architecture, training, args.epochs, args.log_dir)
             x, y, accuracy = correctly_classified(model, datamodule, args.examples)
+            model, x, y = model.to(args.device), x.to(args.device), y.to(args.device)
             for kind in args.kinds:
                 row = {"model": architecture, "training": training, "clean_acc": float(accuracy), "kind": kind,
                        "examples": len(y)}
                 for method in ("ibp", "crown"):
-                    start = time.perf_counter()
-                    cert = certify(model, x, y, kind, method=method, batch_size=args.batch_size,
-                                   crown_rounds=args.crown_rounds)
-                    seconds = (time.perf_counter() - start) / len(y)
+                    seconds, cert = timed(certify, model, x, y, kind, method=method, batch_size=args.batch_size,
+                                          crown_rounds=args.crown_rounds, device=args.device)
+                    seconds /= len(y)
                     row[method] = {"width": mean_certified_width(cert), "s_per_example": seconds,
                                    "certified": float(cert.certified.float().mean())}
                 row["width_ratio"] = row["crown"]["width"] / max(row["ibp"]["width"], 1e-12)
@@ -66,7 +68,9 @@ def main() -> None:
                         for m in ("ibp", "crown"))
         print(f"{r['model']:<7}{r['training']:<7}{r['kind']:<11}{r['examples']:>5}{cells} | "
               f"{r['width_ratio']:>7.1f}x{r['time_ratio']:>7.0f}x")
-    print(f"\nthreads={args.threads}, batch={args.batch_size}, epochs={args.epochs}, crown_rounds={args.crown_rounds}")
+    print(f"\nthreads={args.threads}, batch={args.batch_size}, epochs={args.epochs}, crown_rounds={args.crown_rounds}, "
+          f"device={args.device}")
+    print(memory_line(args.device))
 
 
 if __name__ == "__main__":

@@ -12,18 +12,18 @@ a margin of ``--target``, side by side in one run:
 Each prints the mean radius, its mean and smallest ratio to the bisection, and the seconds per example. Then
 ``certify(kind="asymmetric", method="crown")`` at the default ``crown_rounds=4`` against ``crown_rounds=16``:
 the ratio of the geometric-mean widths (a longer search on the same bound) and the seconds per example.
+``--device cuda`` runs every model and search on the GPU (timings synchronised); the last line is the run's peak
+memory.
 
     python benchmarks/bench_crown_uniform.py --threads 1
 """
 
 import argparse
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from bench_certify import correctly_classified, trained_model
+from common import add_device_argument, memory_line, timed
 from torch import Tensor, nn
 
 from bounds import certify
@@ -35,7 +35,8 @@ from bounds.uniform import clipped_box, min_margin
 def bisection(model: nn.Module, x: Tensor, y: Tensor, target: float, input_range: tuple[float, float] | None,
               cap: float = 2.0, steps: int = 20) -> Tensor:
     """The largest radius CROWN certifies, to ``cap / 2**steps``."""
-    low, high = torch.zeros(x.shape[0], dtype=x.dtype), torch.full((x.shape[0],), cap, dtype=x.dtype)
+    low = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    high = torch.full((x.shape[0],), cap, dtype=x.dtype, device=x.device)
     view = (x.shape[0], *([1] * (x.dim() - 1)))
     for _ in range(steps):
         middle = (low + high) / 2
@@ -50,13 +51,13 @@ def previous_search(model: nn.Module, x: Tensor, y: Tensor, target: float, input
     """The uniform CROWN search before the bracketing one (for the comparison only)."""
     batch = x.shape[0]
     view = (batch, *([1] * (x.dim() - 1)))
-    zero = torch.zeros(view, dtype=x.dtype)
+    zero = torch.zeros(view, dtype=x.dtype, device=x.device)
     p, q, d, _, _ = _relaxation(model, x, y, zero, zero, input_range, "crown", target)
     inf = torch.full_like(x, cap)
     c1, c2 = _caps(x, inf, inf, input_range)
-    radius_cap = torch.full((batch,), cap, dtype=x.dtype)
+    radius_cap = torch.full((batch,), cap, dtype=x.dtype, device=x.device)
     relax_radius = _uniform_on_relaxation(p, q, d, c1, c2, radius_cap).clamp(min=1e-6)
-    best = torch.zeros(batch, dtype=x.dtype)
+    best = torch.zeros(batch, dtype=x.dtype, device=x.device)
     for _ in range(rounds):
         r_view = relax_radius.view(view)
         p, q, d, c1, c2 = _relaxation(model, x, y, r_view, r_view, input_range, "crown", target)
@@ -75,13 +76,6 @@ def cifar_cnn() -> nn.Sequential:
                          nn.Linear(32 * 8 * 8, 100), nn.ReLU(), nn.Linear(100, 10)).eval()
 
 
-def timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    """``(result, seconds)`` of one call."""
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, time.perf_counter() - start
-
-
 def main() -> None:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,7 +84,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=3, help="training epochs of the models (when not cached)")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/bench_engine_logs"))
+    add_device_argument(parser)
     args = parser.parse_args()
+    device = args.device
     torch.set_num_threads(args.threads)
     rows = []
     for name in ("lenet", "fc100", "cnn4_cifar"):
@@ -103,15 +99,16 @@ def main() -> None:
             model, datamodule = trained_model(name, "normal", args.epochs, args.log_dir)
             x, y, _ = correctly_classified(model, datamodule, args.examples)
             input_range = (-1.0, 1.0)
+        model, x, y = model.to(device), x.to(device), y.to(device)
         count = x.shape[0]
         with torch.no_grad():
-            reference, t_ref = timed(bisection, model, x, y, args.target, input_range)
-            previous, t_prev = timed(previous_search, model, x, y, args.target, input_range)
-            search, t_new = timed(crown_uniform_radius, model, x, y, target=args.target, input_range=input_range,
-                                  rounds=10)
+            t_ref, reference = timed(bisection, model, x, y, args.target, input_range, device=device)
+            t_prev, previous = timed(previous_search, model, x, y, args.target, input_range, device=device)
+            t_new, search = timed(crown_uniform_radius, model, x, y, target=args.target, input_range=input_range,
+                                  rounds=10, device=device)
         options = {"kind": "asymmetric", "method": "crown", "delta": args.target, "input_range": input_range}
-        short, t_short = timed(certify, model, x, y, **options)
-        long, t_long = timed(certify, model, x, y, crown_rounds=16, **options)
+        t_short, short = timed(certify, model, x, y, **options, device=device)
+        t_long, long = timed(certify, model, x, y, crown_rounds=16, **options, device=device)
         both = short.certified & long.certified
         width_ratio = (geometric_mean_width(short.eps_lower[both], short.eps_upper[both])
                        / geometric_mean_width(long.eps_lower[both], long.eps_upper[both]).clamp(min=1e-12))
@@ -125,6 +122,7 @@ def main() -> None:
         print(f"| {name} | {ref.mean():.4f} | {prev.mean():.4f} ({(prev / ref).mean():.3f} / {(prev / ref).min():.3f}) "
               f"| {new.mean():.4f} ({(new / ref).mean():.4f} / {(new / ref).min():.4f}) | {t_ref:.3f} | {t_prev:.3f} "
               f"| {t_new:.3f} | {w_mean:.3f}, {w_min:.3f} | {t_short:.3f} | {t_long:.3f} |")
+    print(f"\n{args.threads} thread(s), device {device}; {memory_line(device)}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ Table 8's MNIST hyperparameters by default; ``--certify.*`` overrides can be app
 - C&W^a reaches the success rate of C&W with a smaller mean l_1 distance;
 - PGD^a (l_2) keeps or lowers PGD's accuracy with a smaller mean l_1 distance.
 
+Training and ``certify.py`` run on ``--device`` (``--trainer.accelerator``/``--trainer.devices``); the last line is
+the peak memory of this process (``torch.cuda.max_memory_allocated`` on CUDA, peak RSS on the CPU).
+
 Run: ``python benchmarks/bench_guided_attacks.py [--ckpt PATH] [--examples 100] [-- --certify.attacks.cw_lr=0.01]``.
 Timings on a shared, loaded machine are inflated; compare them side by side only.
 """
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_device_argument, memory_line, trainer_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -33,6 +37,7 @@ def variant(summary: dict, key: str, name: str) -> dict:
 
 
 def main() -> None:
+    """Run the attacks report, print Table 4 and check the claims."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, help="checkpoint of normal_lenet.yaml (trained if missing)")
     parser.add_argument("--train-epochs", type=int, default=None, help="override the config's max_epochs")
@@ -40,9 +45,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_guided_attacks_out"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("overrides", nargs="*", help="extra certify.py arguments, after --")
+    add_device_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    ckpt = args.ckpt or trained_checkpoint("normal_lenet.yaml", args.out / "train_logs", args.train_epochs)
+    ckpt = args.ckpt or trained_checkpoint("normal_lenet.yaml", args.out / "train_logs", args.train_epochs,
+                                           args.device)
     start = time.perf_counter()
     summary = certify.main(["--config", "normal_lenet.yaml", f"--ckpt_path={ckpt}",
                             f"--certify.output_dir={args.out / 'report'}",
@@ -50,7 +57,7 @@ def main() -> None:
                             f"--certify.num_examples={args.examples}",
                             f"--certify.attacks.num_examples={args.examples}",
                             "--certify.kinds=[nonuniform, asymmetric]", "--certify.acts.enabled=false",
-                            "--certify.num_figure_examples=0", *QUIET, *args.overrides])
+                            "--certify.num_figure_examples=0", *trainer_flags(args.device), *QUIET, *args.overrides])
     assert summary is not None
     attacks = summary["attacks"]
     print(f"\ncertify.py (certification + attacks report) in {time.perf_counter() - start:.0f}s\n")
@@ -72,6 +79,7 @@ def main() -> None:
     print(f"{'claim (Amoeba Table 4)':<34}{'guided':>10}{'plain':>10}  result")
     for claim, guided, plain, holds in checks:
         print(f"{claim:<34}{guided:>10.4f}{plain:>10.4f}  {'holds' if holds else 'DOES NOT HOLD'}")
+    print(memory_line(args.device))
 
 
 if __name__ == "__main__":

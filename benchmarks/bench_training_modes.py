@@ -17,6 +17,9 @@ epoch for bound-guided, whose ramp makes the early clean-only epochs the best by
 ``guided_uniform`` (the bound-guided config with ``shape: uniform``, i.e. plain IBP training: the ablation of
 the asymmetric shape).
 
+Training (``--trainer.accelerator``/``--trainer.devices``) and evaluation run on ``--device``; the last line is the
+peak memory of this process (``torch.cuda.max_memory_allocated`` on CUDA, peak RSS on the CPU).
+
     python benchmarks/bench_training_modes.py --threads 1
     python benchmarks/bench_training_modes.py --ckpt normal=PATH --ckpt pgd=PATH --modes normal pgd guided
 """
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_device_argument, memory_line, timed, trainer_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -50,14 +54,15 @@ MODES: dict[str, tuple[str, type[ImageClassifier], list[str]]] = {
 RADII = (0.05, 0.1)
 
 
-def train_mode(mode: str, epochs: int, log_dir: Path, extra: list[str]) -> tuple[ImageClassifier, str, float]:
-    """Train one mode through ``train.main``; return the tested model, its checkpoint and the fit seconds."""
+def train_mode(mode: str, epochs: int, log_dir: Path, extra: list[str], device: torch.device | str = "cpu"
+               ) -> tuple[ImageClassifier, str, float]:
+    """Train one mode through ``train.main`` on ``device``; return the tested model, its checkpoint and fit seconds."""
     import train
 
     config, _, overrides = MODES[mode]
     args = ["--config", config, f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={log_dir}",
             f"--trainer.logger.init_args.name={mode}", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", *overrides, *extra]
+            "--trainer.enable_model_summary=false", *trainer_flags(device), *overrides, *extra]
     start = time.perf_counter()
     cli = train.main(args)
     seconds = time.perf_counter() - start
@@ -78,9 +83,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, examples:
     uniform = certify(model, x, y, kind="uniform", batch_size=batch_size)
     radius = uniform.eps_lower.flatten(1)[:, 0]
     chosen = correct.nonzero().squeeze(1)[:examples]
-    start = time.perf_counter()
-    asym = certify(model, x[chosen], y[chosen], kind="asymmetric", batch_size=batch_size)
-    asym_seconds = time.perf_counter() - start
+    asym_seconds, asym = timed(certify, model, x[chosen], y[chosen], kind="asymmetric", batch_size=batch_size,
+                               device=x.device)
     unif_chosen = certify(model, x[chosen], y[chosen], kind="uniform", batch_size=batch_size)
     row = {
         "clean": float(correct.float().mean()),
@@ -97,6 +101,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, examples:
 
 
 def main() -> None:
+    """Train or load every mode, evaluate it and print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", nargs="+", default=["normal", "pgd", "guided"],
                         help=f"Modes to train (or load with --ckpt): {', '.join(MODES)}.")
@@ -110,6 +115,7 @@ def main() -> None:
     parser.add_argument("--log-dir", default=None, help="Training logs folder (default: a temporary folder).")
     parser.add_argument("--guided-arg", action="append", default=[], metavar="ARG",
                         help="Extra train.py argument for the guided modes, e.g. --guided-arg=--model.init_args.x=1.")
+    add_device_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     checkpoints = dict(item.split("=", 1) for item in args.ckpt)
@@ -118,7 +124,7 @@ def main() -> None:
         if label.split(":")[0] not in MODES:
             parser.error(f"unknown mode in {label!r}; choose from {', '.join(MODES)}")
     _, _, test = embedded_mnist_splits(0)
-    x, y = test.tensors
+    x, y = (tensor.to(args.device) for tensor in test.tensors)
     rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         log_dir = Path(args.log_dir or tmp)
@@ -127,12 +133,12 @@ def main() -> None:
             _, cls, _ = MODES[mode]
             if label in checkpoints:
                 ckpt, seconds = checkpoints[label], float("nan")
-                model = cls.load_from_checkpoint(ckpt, map_location="cpu")
+                model = cls.load_from_checkpoint(ckpt, map_location=args.device)
             else:
                 extra = args.guided_arg if mode.startswith("guided") else []
-                model, ckpt, seconds = train_mode(mode, args.epochs, log_dir, extra)
+                model, ckpt, seconds = train_mode(mode, args.epochs, log_dir, extra, args.device)
             print(f"[{label}] checkpoint {ckpt} (fit {seconds:.0f} s)", flush=True)
-            rows[label] = evaluate(model.model, x, y, args.examples, args.batch_size)
+            rows[label] = evaluate(model.model.to(args.device), x, y, args.examples, args.batch_size)
             rows[label]["fit s"] = seconds
             print(f"[{label}] {rows[label]}", flush=True)
     columns = ["clean", "pgd@0.1", "asym w", "unif w", "asym/unif", *[f"cert@{r}" for r in RADII], "n cert",
@@ -146,6 +152,7 @@ def main() -> None:
             value = row[c]
             cells.append(f"{value:>11.0f}" if c in ("n cert", "asym s", "fit s") else f"{value:>11.4f}")
         print(f"{mode:<22}" + "".join(cells))
+    print(memory_line(args.device))
 
 
 if __name__ == "__main__":
