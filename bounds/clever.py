@@ -211,6 +211,8 @@ def clever_score(
             generator=generator,
             points_per_pass=max_points_per_pass,
         )
+    # One copy for the Weibull fits (scipy); the sampling stays on the model's device.
+    maxima, margins = maxima.cpu(), margins.cpu()
     scores = torch.empty(x.shape[0], k, dtype=torch.float64)
     for b in range(x.shape[0]):
         for r in range(k):
@@ -244,12 +246,13 @@ def _batch_maxima(
     count, k = x.shape[0], others.shape[1]
     blocks = num_batches if pool_factor is None else pool_factor
     # fresh batches keep only each block's maximum; a pool keeps every norm (pool_factor * batch_size per class)
-    kept = torch.empty(k, count * blocks, 1 if pool_factor is None else batch_size, dtype=torch.float64)
+    kept = torch.empty(k, count * blocks, 1 if pool_factor is None else batch_size, dtype=torch.float64,
+                       device=x.device)
     per_pass = max(1, points_per_pass // batch_size)
     with torch.enable_grad():
         for start in range(0, count * blocks, per_pass):
-            ids = torch.arange(start, min(start + per_pass, count * blocks))
-            rows = (ids // blocks).to(x.device)
+            ids = torch.arange(start, min(start + per_pass, count * blocks), device=x.device)
+            rows = ids // blocks
             with torch.no_grad():
                 points = _sample_ball(x[rows], batch_size, norm, radius, generator)
                 if input_range is not None:
@@ -265,10 +268,10 @@ def _batch_maxima(
     kept = kept.view(k, count, -1).transpose(0, 1)  # [B, k, num_batches] or [B, k, pool]
     if pool_factor is None:
         return kept.contiguous()
-    maxima = torch.empty(count, k, num_batches, dtype=torch.float64)
+    maxima = torch.empty(count, k, num_batches, dtype=torch.float64, device=x.device)
     for b in range(count):  # as ART: each batch drawn with replacement from the pool (shared by the classes)
         draws = torch.randint(kept.shape[2], (num_batches * batch_size,), generator=generator, device=x.device)
-        maxima[b] = kept[b][:, draws.cpu()].view(k, num_batches, batch_size).amax(dim=2)
+        maxima[b] = kept[b][:, draws].view(k, num_batches, batch_size).amax(dim=2)
     return maxima
 
 
@@ -283,8 +286,8 @@ def _margin_gradient_norms(model: nn.Module, points: Tensor, target: Tensor, oth
     logits = model(points)
     margins = logits.gather(1, target[:, None]) - logits.gather(1, others)  # [P, k]
     k = others.shape[1]
-    norms = torch.empty(k, points.shape[0], dtype=torch.float64)
+    norms = torch.empty(k, points.shape[0], dtype=torch.float64, device=points.device)
     for r in range(k):
         (grad,) = torch.autograd.grad(margins[:, r].sum(), points, retain_graph=r < k - 1)
-        norms[r] = torch.linalg.vector_norm(grad.flatten(1), ord=dual, dim=1).double().cpu()
+        norms[r] = torch.linalg.vector_norm(grad.flatten(1), ord=dual, dim=1).double()
     return norms
