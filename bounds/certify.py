@@ -5,9 +5,13 @@
 before it is reported: an example is certified only if the margin specification (lower bound of
 ``f_y - f_j >= delta`` for all ``j != y``) holds on its final box. ``method="alpha-crown"``
 (:mod:`bounds.alpha_crown`) runs the CROWN searches with optimised ReLU slopes, warm-started from round to round.
+
+This file is one concept (the certification entry point: checks, the three kinds' pipeline, the final
+re-verification), hence its length.
 """
 
 import time
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -15,9 +19,10 @@ from tqdm.auto import tqdm
 
 from bounds.alpha_search import AlphaWarmStart
 from bounds.certificate import KINDS, Certificate, Kind
+from bounds.crown_radius import crown_uniform_radius, ray_shape
 from bounds.interval import check_model_input, check_supported
 from bounds.lagrangian import LagrangianOptions, log_width_objective, optimise_radii
-from bounds.linear_certify import crown_optimise_radii, crown_uniform_radius
+from bounds.linear_certify import crown_optimise_radii
 from bounds.margins import METHODS, Method, validate_labels
 from bounds.modes import evaluation_mode
 from bounds.uniform import min_margin, uniform_radius
@@ -32,6 +37,10 @@ _LINEAR = ("crown", "alpha-crown")  # the methods certified by linear relaxation
 # least as tight as the one they were solved on) are shrunk by this factor up to _RETRIES times.
 _RETRY_SHRINK = 0.9
 _RETRIES = 3
+_SHAPED_PASSES = 2  # CROWN passes along the shaped ray (method="crown", non-uniform kinds); then closed-form rounds
+# Its first box: this fraction of the root of the network's linearisation at x along the ray (CROWN's root is 0.12-0.58
+# of it on the zoo's LeNet, median 0.19; the uniform search's 0.5 made the first pass fail almost always).
+_SHAPED_FIRST = 0.2
 
 
 def _validate(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: float, clip: bool,
@@ -69,6 +78,19 @@ def _validate_outputs(model: nn.Module, x: Tensor, y: Tensor) -> None:
     validate_labels(y, x.shape[0], logits.shape[1])
 
 
+def _lagrangian_options(*, iterations: int | None, lr: float | None, penalty_init: float | None,
+                        penalty_growth: float | None, penalty_every: int | None, dual_every: int | None,
+                        shrink_steps: int, init_scale: float, lr_decay: bool) -> LagrangianOptions:
+    """:func:`certify`'s Algorithm 1 settings: classical dual updates when any penalty setting is given."""
+    penalties = {"penalty_init": penalty_init, "penalty_growth": penalty_growth, "penalty_every": penalty_every,
+                 "dual_every": dual_every}
+    given = {name: value for name, value in penalties.items() if value is not None}
+    base = LagrangianOptions.classical() if given else LagrangianOptions()
+    steps = {"iterations": iterations, "lr": lr}
+    return replace(base, **given, **{name: value for name, value in steps.items() if value is not None},
+                   shrink_steps=shrink_steps, init_scale=init_scale, lr_decay=lr_decay)
+
+
 def _better_box(x: Tensor, low_a: Tensor, up_a: Tensor, low_b: Tensor, up_b: Tensor,
                 input_range: tuple[float, float] | None) -> tuple[Tensor, Tensor]:
     """Per example the box (radii) with the better Problem 2 objective (``b`` on ties)."""
@@ -97,7 +119,9 @@ def _certify_chunk(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: flo
     ibp_radius = uniform_radius(model, xs, ys, delta=target, input_range=input_range, bracket=bracket,
                                 rtol=uniform_rtol)
     radius = ibp_radius
-    if method in _LINEAR:
+    # method="crown" certifies the non-uniform kinds along the ray of the interval solution's shape (below).
+    shaped = method == "crown" and kind != "uniform"
+    if method in _LINEAR and not shaped:  # the uniform kind, and alpha-CROWN's start
         # A box interval propagation certifies is certified by CROWN too (never looser): CROWN's searches start
         # from the interval solution where it is better, so method="crown" never reports a smaller box.
         crown_radius = crown_uniform_radius(model, xs, ys, target=target, input_range=input_range,
@@ -129,10 +153,27 @@ def _certify_chunk(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: flo
         opt_low, opt_up = optimise_radii(model, xs, ys, ibp_radius, symmetric=kind == "nonuniform", delta=delta,
                                          target=target, input_range=input_range, options=options, progress=progress)
         if method in _LINEAR:
-            start_low, start_up = _better_box(xs, opt_low, opt_up, fallback_low, fallback_up, input_range)
-            opt_low, opt_up = crown_optimise_radii(model, xs, ys, start_low, start_up, linear_radius,
-                                                   symmetric=kind == "nonuniform", target=target,
-                                                   input_range=input_range, rounds=crown_rounds)
+            # The largest box CROWN certifies along the ray [x - R s1, x + R s2] of the interval solution's shape
+            # (bounds.crown_radius.ray_shape): a root search on R, one CROWN pass on each box tried, then rounds
+            # of crown_optimise_radii (crown_rounds passes in all). The interval box stays the fallback (CROWN is
+            # never looser), so no box is smaller than with IBP.
+            shape = ray_shape(opt_low, opt_up)
+            scale = crown_uniform_radius(model, xs, ys, target=target, input_range=input_range,
+                                         rounds=min(crown_rounds, _SHAPED_PASSES), cap=bracket, shape=shape,
+                                         first=_SHAPED_FIRST).view(view)
+            shaped_low, shaped_up = _better_box(xs, scale * shape[0], scale * shape[1], opt_low, opt_up, input_range)
+            if crown_rounds > _SHAPED_PASSES:  # closed-form rounds on CROWN over the box grown 2x, 1.5x, ...
+                shaped_low, shaped_up = crown_optimise_radii(model, xs, ys, shaped_low, shaped_up, ibp_radius,
+                                                             symmetric=kind == "nonuniform", target=target,
+                                                             input_range=input_range,
+                                                             rounds=crown_rounds - _SHAPED_PASSES)
+            if not shaped:  # alpha-CROWN: CROWN's box is the better of that and CROWN's asymmetric rounds
+                start_low, start_up = _better_box(xs, opt_low, opt_up, fallback_low, fallback_up, input_range)
+                opt_low, opt_up = crown_optimise_radii(model, xs, ys, start_low, start_up, linear_radius,
+                                                       symmetric=kind == "nonuniform", target=target,
+                                                       input_range=input_range, rounds=crown_rounds)
+                shaped_low, shaped_up = _better_box(xs, shaped_low, shaped_up, opt_low, opt_up, input_range)
+            opt_low, opt_up = shaped_low, shaped_up
         # Keep the better of the optimised box and the (feasible) uniform box, by Problem 2's objective.
         fallback_low, fallback_up = _better_box(xs, opt_low, opt_up, fallback_low, fallback_up, input_range)
         low, up = fallback_low, fallback_up
@@ -181,12 +222,12 @@ def certify(
     clip_to_input_range: bool = False,
     input_range: tuple[float, float] = (-1.0, 1.0),
     seed: int = 0,
-    iterations: int = LagrangianOptions.iterations,
-    lr: float = LagrangianOptions.lr,
-    penalty_init: float = LagrangianOptions.penalty_init,
-    penalty_growth: float = LagrangianOptions.penalty_growth,
-    penalty_every: int = LagrangianOptions.penalty_every,
-    dual_every: int = LagrangianOptions.dual_every,
+    iterations: int | None = None,
+    lr: float | None = None,
+    penalty_init: float | None = None,
+    penalty_growth: float | None = None,
+    penalty_every: int | None = None,
+    dual_every: int | None = None,
     shrink_steps: int = LagrangianOptions.shrink_steps,
     init_scale: float = LagrangianOptions.init_scale,
     lr_decay: bool = LagrangianOptions.lr_decay,
@@ -228,13 +269,18 @@ def certify(
             ends even for the symmetric kinds).
         input_range: ``(low, high)`` of valid inputs; also sets the initial uniform bisection bracket.
         seed: Reserved for randomised options (none of the current ones draws random numbers).
-        iterations: Algorithm 1 iterations (``I``).
-        lr: Adam learning rate on ``log eps``.
-        penalty_init: Initial augmented-Lagrangian coefficient ``eta``.
-        penalty_growth: Factor applied to ``eta`` every ``penalty_every`` iterations.
-        penalty_every: Iterations between penalty increases.
-        dual_every: Iterations between dual updates.
-        shrink_steps: Bisection steps of the final scale factor (Algorithm 1 lines 7-10).
+        iterations: Algorithm 1 iterations (``I``); ``None``: 12 with the default multiplier estimates, 40 with the
+            classical dual updates (:class:`~bounds.lagrangian.LagrangianOptions`).
+        lr: Adam learning rate on ``log eps``; ``None``: 0.5, or 0.2 with the classical dual updates.
+        penalty_init: Initial augmented-Lagrangian coefficient ``eta``. Giving any of ``penalty_init``,
+            ``penalty_growth``, ``penalty_every`` or ``dual_every`` runs the classical augmented Lagrangian (dual
+            updates of Algorithm 1 line 5, :meth:`~bounds.lagrangian.LagrangianOptions.classical`, the default
+            before 12-step multiplier estimates replaced it) with them; ``None`` for all four (the default): the
+            multipliers are estimated at every step (:mod:`bounds.lagrangian`).
+        penalty_growth: Factor applied to ``eta`` every ``penalty_every`` iterations (classical updates).
+        penalty_every: Iterations between penalty increases (classical updates).
+        dual_every: Iterations between dual updates (classical updates).
+        shrink_steps: Most evaluations of the final scale-factor search (Algorithm 1 lines 7-10).
         init_scale: Warm start at ``init_scale`` times the uniform radius.
         lr_decay: Decay Adam's learning rate linearly to zero.
         uniform_rtol: Relative tolerance of the uniform radius search.
@@ -242,19 +288,27 @@ def certify(
             depend on it up to floating-point rounding.
         progress: Show tqdm progress bars.
         method: The bound method: ``"ibp"`` (Amoeba Theorem 1, the default) or ``"crown"`` (linear relaxation,
-            :mod:`bounds.crown`, never looser than IBP). With ``"crown"`` the interval solution is computed first
-            (it is certified by CROWN too), then the radii are grown on CROWN relaxations in closed form
-            (:mod:`bounds.linear_certify`: a few relaxations per example) from the better of the interval solution
-            and CROWN's largest uniform radius, so no example gets a smaller box than with ``"ibp"``; the
-            final check is a fresh CROWN (and IBP) evaluation of exactly the returned box. ``"alpha-crown"``
-            (:mod:`bounds.alpha_crown`, chain models only) runs all of that, then goes on from CROWN's radius and
-            box with alpha-CROWN relaxations (``crown_rounds`` more passes for the uniform radius, ``crown_rounds``
-            more rounds for the other kinds), each example's slopes warm-started from its previous round
-            (:class:`~bounds.alpha_search.AlphaWarmStart`); its final check is alpha-CROWN's, with CROWN's box as
-            the fallback, so no example gets a smaller box than with ``"crown"``.
-        crown_rounds: Relaxations (network passes of CROWN) per example for the non-uniform and asymmetric
-            kinds with ``method="crown"``; the uniform radius (alone, or as their warm start) is searched with at
-            most ``2 * crown_rounds + 2`` more, plus one at zero width (it stops per example once converged).
+            :mod:`bounds.crown`, never looser than IBP). With ``"crown"`` the uniform kind is CROWN's largest
+            uniform radius (:func:`~bounds.crown_radius.crown_uniform_radius`); for the other two kinds the
+            interval solution is computed first (it is certified by CROWN too), then CROWN certifies the largest box
+            along the ray ``[x - R s1, x + R s2]`` of that solution's shape
+            (:func:`~bounds.crown_radius.ray_shape`) by a root search on ``R``, one CROWN pass on each box tried,
+            and grows it by rounds of Problem 2 solved in closed form on CROWN over the box grown 2x, 1.5x, ...
+            (:func:`~bounds.linear_certify.crown_optimise_radii`); the interval box is the fallback, so no example
+            gets a smaller box than with ``"ibp"``. The final check is a fresh CROWN (and IBP) evaluation of
+            exactly the returned box. ``"alpha-crown"`` (:mod:`bounds.alpha_crown`, chain models only) takes as
+            CROWN's box the better of that box and the radii grown on CROWN relaxations in closed form from
+            CROWN's largest uniform radius (``crown_rounds`` rounds of ``crown_optimise_radii``),
+            then goes on from CROWN's radius and box with alpha-CROWN relaxations (``crown_rounds`` more passes for
+            the uniform radius, ``crown_rounds`` more rounds for the other kinds), each example's slopes
+            warm-started from its previous round (:class:`~bounds.alpha_search.AlphaWarmStart`); its final check is
+            alpha-CROWN's, with CROWN's box as the fallback, so no example gets a smaller box than with ``"crown"``.
+        crown_rounds: CROWN passes per example. ``method="crown"`` with the non-uniform kinds: the first
+            ``min(crown_rounds, 2)`` along the shaped ray (plus one at zero width), the others closed-form rounds
+            (:func:`~bounds.linear_certify.crown_optimise_radii`); ``"alpha-crown"`` computes that box with the same
+            setting. The uniform kind and ``"alpha-crown"``: the uniform radius is searched with at most
+            ``2 * crown_rounds + 2`` passes, plus one at zero width (it stops per example once converged), and the
+            other kinds add ``crown_rounds`` rounds of relaxations.
 
     Returns:
         A :class:`~bounds.certificate.Certificate` with radii shaped like ``x`` on ``x``'s device.
@@ -274,9 +328,9 @@ def certify(
     check_supported(model)
     if x.shape[0]:
         _validate_outputs(model, x, y)
-    options = LagrangianOptions(iterations=iterations, lr=lr, penalty_init=penalty_init,
-                                penalty_growth=penalty_growth, penalty_every=penalty_every, dual_every=dual_every,
-                                shrink_steps=shrink_steps, init_scale=init_scale, lr_decay=lr_decay)
+    options = _lagrangian_options(iterations=iterations, lr=lr, penalty_init=penalty_init,
+                                  penalty_growth=penalty_growth, penalty_every=penalty_every, dual_every=dual_every,
+                                  shrink_steps=shrink_steps, init_scale=init_scale, lr_decay=lr_decay)
     if not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     clip = (float(input_range[0]), float(input_range[1])) if clip_to_input_range else None

@@ -36,8 +36,10 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from bounds.interval import interval_bounds
+from bounds.lagrangian import augmented_lagrangian, dual_update
 from bounds.margins import margin_lower_bounds
 from bounds.uniform import clipped_box
+from bounds.validation import validate_labels
 
 _MIN_EPS = 1e-12
 
@@ -56,11 +58,9 @@ def worst_case_logits(out_lower: Tensor, out_upper: Tensor, y: Tensor) -> Tensor
     Raises:
         ValueError: For mismatched shapes.
     """
-    if out_lower.dim() != 2 or out_lower.shape != out_upper.shape or y.shape != out_lower.shape[:1]:
-        raise ValueError(
-            f"need bounds (B, K) and labels (B,), got {tuple(out_lower.shape)}, {tuple(out_upper.shape)}, "
-            f"{tuple(y.shape)}"
-        )
+    if out_lower.dim() != 2 or out_lower.shape != out_upper.shape:
+        raise ValueError(f"need bounds (B, K), got {tuple(out_lower.shape)}, {tuple(out_upper.shape)}")
+    validate_labels(y, out_lower.shape[0])  # dtype and shape only: a range check would synchronise every step
     is_true = F.one_hot(y.long(), out_lower.shape[1]).bool()
     return torch.where(is_true, out_lower, out_upper)
 
@@ -159,7 +159,8 @@ def lagrangian_refresh(
 ) -> tuple[Tensor, Tensor]:
     """A few warm-started steps of Amoeba Algorithm 1 (Problem 2) from the radii ``(eps_lower, eps_upper)``.
 
-    The augmented Lagrangian is the one of :mod:`bounds.lagrangian` (module docstring here), with Adam on
+    The augmented Lagrangian is the one of :mod:`bounds.lagrangian` (:func:`~bounds.lagrangian.augmented_lagrangian`
+    and :func:`~bounds.lagrangian.dual_update`, the classical multiplier updates; module docstring here), with Adam on
     ``log eps``; multipliers start at zero and the penalty ``eta`` stays at ``penalty`` (a short refresh
     does not need the growth schedule). The radii returned are the last iterate, *not* shrunk to a certified
     box: callers use them as a shape or as the next warm start, never as a certificate. Gradients are taken
@@ -209,12 +210,10 @@ def lagrangian_refresh(
                 mu = torch.zeros_like(margins)
             v = torch.where(others, margins - delta, torch.zeros_like(margins))
             objective = -torch.log((upper - lower).clamp(min=_MIN_EPS)).flatten(1).mean(1)
-            slack = torch.minimum(v, mu / penalty)
-            loss = (objective + (-mu * slack + penalty / 2 * slack * slack).sum(1)).sum()
-            grads = torch.autograd.grad(loss, params)
+            grads = torch.autograd.grad(augmented_lagrangian(objective, v, mu, penalty).sum(), params)
             with torch.no_grad():
                 if (step + 1) % dual_every == 0:
-                    mu = (mu - penalty * v.detach()).clamp(min=0) * others
+                    mu = dual_update(mu, v.detach(), penalty, others)
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
             optimiser.step()
