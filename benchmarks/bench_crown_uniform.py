@@ -7,7 +7,7 @@ a margin of ``--target``, side by side in one run:
 - ``bisection``: 20 halvings of ``[0, 2]``, one CROWN evaluation each (the reference);
 - ``previous``: the search before this change (each round jumps to the geometric mean of the relaxation's own
   radius and the relaxation radius, keeping no bracket), kept here only for the comparison, at its 6 rounds;
-- ``search``: :func:`bounds.linear_certify.crown_uniform_radius` as ``certify`` calls it (10 rounds at most).
+- ``search``: :func:`bounds.crown_radius.crown_uniform_radius` as ``certify`` calls it (10 rounds at most).
 
 Each prints the mean radius, its mean and smallest ratio to the bisection, and the seconds per example. Then
 ``certify(kind="asymmetric", method="crown")`` at the default ``crown_rounds=4`` against ``crown_rounds=16``:
@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from bounds import certify
 from bounds.analysis import geometric_mean_width
-from bounds.linear_certify import _caps, _relaxation, _uniform_on_relaxation, crown_uniform_radius
+from bounds.crown_radius import _uniform_on_relaxation, crown_uniform_radius
+from bounds.linear_certify import radius_caps, relaxation_parts
 from bounds.uniform import clipped_box, min_margin
 
 
@@ -52,15 +53,15 @@ def previous_search(model: nn.Module, x: Tensor, y: Tensor, target: float, input
     batch = x.shape[0]
     view = (batch, *([1] * (x.dim() - 1)))
     zero = torch.zeros(view, dtype=x.dtype, device=x.device)
-    p, q, d, _, _ = _relaxation(model, x, y, zero, zero, input_range, "crown", target)
+    p, q, d, _, _ = relaxation_parts(model, x, y, zero, zero, input_range, "crown", target)
     inf = torch.full_like(x, cap)
-    c1, c2 = _caps(x, inf, inf, input_range)
+    c1, c2 = radius_caps(x, inf, inf, input_range)
     radius_cap = torch.full((batch,), cap, dtype=x.dtype, device=x.device)
     relax_radius = _uniform_on_relaxation(p, q, d, c1, c2, radius_cap).clamp(min=1e-6)
     best = torch.zeros(batch, dtype=x.dtype, device=x.device)
     for _ in range(rounds):
         r_view = relax_radius.view(view)
-        p, q, d, c1, c2 = _relaxation(model, x, y, r_view, r_view, input_range, "crown", target)
+        p, q, d, c1, c2 = relaxation_parts(model, x, y, r_view, r_view, input_range, "crown", target)
         r = _uniform_on_relaxation(p, q, d, c1, c2, relax_radius)
         best = torch.maximum(best, r)
         reached = r >= relax_radius

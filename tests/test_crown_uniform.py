@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from bounds.linear_certify import crown_uniform_radius
+from bounds.crown_radius import crown_uniform_radius
 from bounds.uniform import clipped_box, min_margin
 from datamodules import embedded_mnist_splits
 from lightning_modules.zoo import lenet
