@@ -13,25 +13,14 @@ measured one after the other with the same ``--log-dir`` time the same weights. 
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from bench_certify import correctly_classified, trained_model
+from common import add_device_argument, best_seconds, memory_line
 
 from bounds import certify, crown_margin_bounds, interval_bounds
 from bounds.guided_training import robust_cross_entropy
-
-
-def best_seconds(function: Callable[[], object], repeats: int) -> float:
-    """The fastest of ``repeats`` runs of ``function`` (seconds)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -42,11 +31,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="training epochs of the models (when not cached)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (the best is kept)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
+    add_device_argument(parser)
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/bench_engine_logs"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = args.device
     print(f"| model | IBP ms/ex | CROWN ms/ex | asymmetric IBP certify ms/ex | bound-guided step ms/ex "
           f"| (examples {args.examples}, radius {args.radius}, {args.threads} thread(s), {device}) |")
     print("|---|---|---|---|---|---|")
@@ -60,6 +49,7 @@ def main() -> None:
         print(json.dumps({"model": architecture, "ibp_ms": 1e3 * ibp, "crown_ms": 1e3 * crown,
                           "certify_asymmetric_ms": 1e3 * certify_seconds, "guided_step_ms": 1e3 * step,
                           "examples": x.shape[0]}))
+    print(memory_line(device))
 
 
 def guided_step(model: torch.nn.Module, lower: torch.Tensor, upper: torch.Tensor, y: torch.Tensor) -> None:
@@ -76,10 +66,12 @@ def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, radius: fl
     lower, upper = x - radius, x + radius
     with torch.no_grad():
         interval_bounds(model, lower, upper)  # warm-up (and the first trace)
-        ibp = best_seconds(lambda: interval_bounds(model, lower, upper), repeats) / count
-        crown = best_seconds(lambda: crown_margin_bounds(model, lower, upper, y), max(1, repeats // 2)) / count
-    certify_seconds = best_seconds(lambda: certify(model, x, y, kind="asymmetric"), max(1, repeats // 2)) / count
-    step = best_seconds(lambda: guided_step(model, lower, upper, y), repeats) / count
+        ibp = best_seconds(lambda: interval_bounds(model, lower, upper), repeats, x.device) / count
+        few = max(1, repeats // 2)
+        crown = best_seconds(lambda: crown_margin_bounds(model, lower, upper, y), few, x.device) / count
+    certify_seconds = best_seconds(lambda: certify(model, x, y, kind="asymmetric"), max(1, repeats // 2),
+                                   x.device) / count
+    step = best_seconds(lambda: guided_step(model, lower, upper, y), repeats, x.device) / count
     model.zero_grad(set_to_none=True)
     return ibp, crown, certify_seconds, step
 

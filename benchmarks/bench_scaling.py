@@ -33,6 +33,8 @@ milliseconds per example, the seconds of the whole batch and the peak memory of 
     python benchmarks/bench_scaling.py                                   # every model, IBP and CROWN, 1 to 1000
     python benchmarks/bench_scaling.py --models lenet cnn_7layer --methods crown --batches 1 10 --budget-s 300
     python benchmarks/bench_scaling.py --device cuda --threads 2
+
+This file is one concept (one benchmark script: its cells, their isolation and the table), hence its length.
 """
 
 import argparse
