@@ -281,7 +281,7 @@ def test_cifar10_train_then_certify_every_box_attacked(config: str, method: str,
     network = cli.model.model.eval()
     assert isinstance(network[0], InputNormalization)  # boxes are in [0, 1] pixel units, normalisation inside
     if extra:
-        assert network[1].out_channels == 4 and network[-1].in_features == 16  # the narrow cnn_7layer
+        assert network[1][0].out_channels == 4 and network[1][-1].in_features == 16  # the narrow cnn_7layer
     assert_radii_sound(network, cli.datamodule.test_set, torch.load(out / "radii.pt"), method=method)
 
 
