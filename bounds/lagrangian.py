@@ -69,7 +69,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from bounds.margins import Method, margin_lower_bounds
-from bounds.uniform import clipped_box, clipped_widths, min_margin
+from bounds.root_search import bracketed_root
+from bounds.uniform import box_slack, clipped_box, clipped_widths, min_margin
 
 _MIN_EPS = 1e-8
 _MAX_RESTORE = 1.0  # largest restoration step on log eps (a factor e)
@@ -215,18 +216,7 @@ def _scale_to_feasible(model: nn.Module, x: Tensor, y: Tensor, eps_lower: Tensor
         ``t`` per example ``(B,)``.
     """
     batch = x.shape[0]
-    view = (batch, *([1] * (x.dim() - 1)))
-    tiny = torch.finfo(x.dtype).tiny
-
-    def slack(t: Tensor, active: Tensor) -> Tensor:
-        index = active.nonzero().squeeze(1)
-        result = torch.full_like(t, -torch.inf)
-        if index.numel():
-            tv = t[index].view(-1, *view[1:])
-            lower, upper = clipped_box(x[index], tv * eps_lower[index], tv * eps_upper[index], input_range)
-            result[index] = min_margin(model, lower, upper, y[index], method) - target
-        return result
-
+    slack = box_slack(model, x, y, eps_lower, eps_upper, target, input_range, method)
     if clean_margin is None:
         clean_margin = min_margin(model, x, x, y, method)
     low = torch.zeros(batch, dtype=x.dtype, device=x.device)
@@ -237,30 +227,11 @@ def _scale_to_feasible(model: nn.Module, x: Tensor, y: Tensor, eps_lower: Tensor
     done = g_high >= 0
     low = torch.where(done, high, low)
     g_high = g_high.clamp(max=0)
-    g_at_low = g_low.clone()  # g_low itself is halved by the Illinois steps
-    last_side = torch.zeros(batch, dtype=torch.int8, device=x.device)
-    slow = torch.zeros(batch, dtype=torch.bool, device=x.device)
-    for step in range(steps):
-        done = done | (high - low <= rtol * high) | (g_at_low <= close)
-        if bool(done.all()):
-            break
-        width = high - low
-        guess = low + width * g_low / (g_low - g_high).clamp(min=tiny)
-        if step == 0 and log_slope is not None:
-            newton = torch.exp(1.5 * g_high / (-log_slope).clamp(min=tiny))
-            guess = torch.where(torch.isfinite(newton) & (newton > 0), newton, guess)
-        guess = guess.clamp(min=low + 1e-3 * width, max=high - 1e-3 * width)
-        guess = torch.where(slow, low + width / 2, guess)
-        g = slack(guess, ~done)
-        ok, bad = (g >= 0) & ~done, (g < 0) & ~done
-        # Illinois: halve the function value at the end that stays twice in a row.
-        g_high = torch.where(ok & (last_side == 1), g_high / 2, g_high)
-        g_low = torch.where(bad & (last_side == -1), g_low / 2, g_low)
-        low, g_low, g_at_low = torch.where(ok, guess, low), torch.where(ok, g, g_low), torch.where(ok, g, g_at_low)
-        high, g_high = torch.where(bad, guess, high), torch.where(bad, g, g_high)
-        last_side = torch.where(ok, 1, torch.where(bad, -1, last_side)).to(torch.int8)
-        slow = (high - low) > width / 2
-    return low
+    newton = None
+    if log_slope is not None:
+        newton = torch.exp(1.5 * g_high / (-log_slope).clamp(min=torch.finfo(x.dtype).tiny))
+    return bracketed_root(slack, low, g_low, high, g_high, done, steps=steps, rtol=rtol, first_guess=newton,
+                          close=close)
 
 
 def _objective_gradient(x: Tensor, eps_lower: Tensor, eps_upper: Tensor, input_range: tuple[float, float] | None

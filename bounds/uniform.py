@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from bounds.margins import Method, margin_lower_bounds
+from bounds.root_search import Slack, bracketed_root
 
 
 def clipped_box(
@@ -55,6 +56,38 @@ def min_margin(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor, method
     return margin_lower_bounds(model, lower, upper, y, method).min(dim=1).values
 
 
+def box_slack(model: nn.Module, x: Tensor, y: Tensor, eps_lower: Tensor, eps_upper: Tensor, target: float,
+              input_range: tuple[float, float] | None, method: Method) -> Slack:
+    """``g(t, active)``: ``min margin([x - t eps_lower, x + t eps_upper]) - target`` where ``active``, else ``-inf``.
+
+    Args:
+        model: The bounded model.
+        x: Inputs ``(B, ...)``.
+        y: Labels ``(B,)``.
+        eps_lower: Radii below ``x`` along the ray (shaped like ``x``, or broadcastable to it).
+        eps_upper: Radii above ``x``.
+        target: Margin to reach.
+        input_range: Clip the boxes to it, if given.
+        method: The bound method.
+
+    Returns:
+        The function of ``t`` ``(B,)`` and ``active`` ``(B,)`` bool.
+    """
+    tail = [1] * (x.dim() - 1)
+    eps_lower, eps_upper = eps_lower.expand_as(x), eps_upper.expand_as(x)
+
+    def slack(t: Tensor, active: Tensor) -> Tensor:
+        result = torch.full_like(t, -torch.inf)
+        index = active.nonzero().squeeze(1)
+        if index.numel():
+            tv = t[index].view(-1, *tail)
+            lower, upper = clipped_box(x[index], tv * eps_lower[index], tv * eps_upper[index], input_range)
+            result[index] = min_margin(model, lower, upper, y[index], method) - target
+        return result
+
+    return slack
+
+
 def uniform_radius(
     model: nn.Module,
     x: Tensor,
@@ -97,25 +130,16 @@ def uniform_radius(
         Radii ``(B,)``, ``>= 0``, on ``x``'s device and dtype.
     """
     batch = x.shape[0]
-    view = (batch, *([1] * (x.dim() - 1)))
     cap = float(bracket) * 2.0**max_doublings
     if input_range is not None:  # the clipped box covers the whole range at this radius
         cap = float(input_range[1] - input_range[0])
 
+    ones = torch.ones_like(x[:1])
+    box = box_slack(model, x, y, ones, ones, delta, input_range, method)
+
     def slack(radius: Tensor, active: Tensor | None = None) -> Tensor:
         """``g(radius)``, evaluated only where ``active`` (elsewhere ``-inf``, never used)."""
-        if active is None:
-            r = radius.view(view)
-            lower, upper = clipped_box(x, r, r, input_range)
-            return min_margin(model, lower, upper, y, method) - delta
-        out = torch.full_like(radius, -torch.inf)
-        index = active.nonzero().squeeze(1)
-        if index.numel():
-            xa = x[index]
-            r = radius[index].view(-1, *view[1:])
-            lower, upper = clipped_box(xa, r, r, input_range)
-            out[index] = min_margin(model, lower, upper, y[index], method) - delta
-        return out
+        return box(radius, torch.ones_like(radius, dtype=torch.bool) if active is None else active)
 
     with torch.no_grad():
         zero = torch.zeros(batch, dtype=x.dtype, device=x.device)
@@ -143,28 +167,4 @@ def uniform_radius(
         done = (g_high >= 0) | (g_zero < 0)
         low = torch.where(g_high >= 0, high, torch.where(g_zero < 0, zero, low))
         g_low, g_high = g_low.clamp(min=0), g_high.clamp(max=0)
-        last_side = torch.zeros(batch, dtype=torch.int8, device=x.device)
-        slow = torch.zeros(batch, dtype=torch.bool, device=x.device)
-        for _ in range(max_steps):
-            done = done | (high - low <= rtol * high)
-            if bool(done.all()):
-                break
-            width = high - low
-            denominator = (g_low - g_high).clamp(min=torch.finfo(x.dtype).tiny)
-            guess = low + width * g_low / denominator
-            # Safeguards: stay strictly inside the bracket; bisect (geometrically once low > 0) after a
-            # step that did not halve the bracket.
-            guess = guess.clamp(min=low + 1e-3 * width, max=high - 1e-3 * width)
-            middle = torch.where(low > 0, (low * high).sqrt(), low + width / 2)
-            guess = torch.where(slow, middle, guess)
-            g = slack(guess, ~done)
-            ok = (g >= 0) & ~done
-            bad = (g < 0) & ~done
-            # Illinois: halve the function value at the end that stays twice in a row.
-            g_high = torch.where(ok & (last_side == 1), g_high / 2, g_high)
-            g_low = torch.where(bad & (last_side == -1), g_low / 2, g_low)
-            low, g_low = torch.where(ok, guess, low), torch.where(ok, g, g_low)
-            high, g_high = torch.where(bad, guess, high), torch.where(bad, g, g_high)
-            last_side = torch.where(ok, 1, torch.where(bad, -1, last_side)).to(torch.int8)
-            slow = (high - low) > width / 2
-        return low
+        return bracketed_root(slack, low, g_low, high, g_high, done, steps=max_steps, rtol=rtol, geometric=True)
