@@ -94,7 +94,7 @@ def certified_fraction(certified: Tensor) -> float:
 
 
 RATIO_DENOMINATORS = ("uniform", "nonuniform")
-"""The kinds the asymmetric width is compared with ("volume ratio", DESIGN), in reporting order."""
+"""The kinds the asymmetric width is compared with (summary.json's width ratios), in reporting order."""
 
 
 def width_ratios(mean_widths: Mapping[str, float]) -> dict[str, float]:

@@ -3,7 +3,7 @@
 ``torchvision.datasets.CIFAR10`` reads the pickled batches ``data_batch_1`` .. ``data_batch_5``, ``test_batch``
 and ``batches.meta`` in ``<data_dir>/cifar-10-batches-py`` and checks their MD5 sums against the official files.
 
-Input convention (DESIGN.md): pixels stay in [0, 1] (``ToTensor``), so boxes and eps read in the pixel units of
+Input convention (README, Data): pixels stay in [0, 1] (``ToTensor``), so boxes and eps read in the pixel units of
 the certified-training and adversarial-training papers (2/255, 8/255). The usual CIFAR-10 normalisation
 (mean (0.4914, 0.4822, 0.4465), std (0.2470, 0.2435, 0.2616)) is the datamodule's ``normalization``, which the
 CLI links into the model as its first layer (:class:`bounds.normalization.InputNormalization`, which the bound
