@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from bounds.crown_backward import back_substitute, concretize
-from bounds.crown_patches import SPARSE_FRACTION, patch_bounds, patches_apply
+from bounds.crown_patches import SPARSE_FRACTION, needed_first, padded_rows, patch_bounds, patches_apply
 from bounds.layer_relaxations import ACTIVATIONS, Relaxations
 
 NONLINEAR = (*ACTIVATIONS, nn.MaxPool2d)
@@ -51,8 +51,7 @@ def intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[i
     zero = torch.zeros(1, neurons, dtype=lower.dtype, device=lower.device)
     jacobian, jac_offset = back_substitute(layers, shapes, relaxations, eye, zero, stop, start=last + 1)
     jacobian, jac_offset = jacobian[0], jac_offset[0]
-    # Order each example's needed neurons first; the padding points at a dummy column ``neurons``.
-    order = torch.argsort(needed.to(torch.int8), dim=1, descending=True, stable=True)
+    order = needed_first(needed)  # the padding of each chunk points at a dummy column ``neurons``
     in_size = in_lower[0].numel()
     per_example = max(1, 2 * int(counts.max()) * max(in_size, jacobian[0].numel()))
     chunk = max(1, _CHUNK_ELEMENTS // per_example)
@@ -61,13 +60,12 @@ def intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[i
     parts_l, parts_u = [], []
     for begin in range(0, batch, chunk):
         end = min(batch, begin + chunk)
-        width = int(counts[begin:end].max())
+        index, valid, target = padded_rows(order, counts, begin, end)
+        width = index.shape[1]
         if width == 0:
             parts_l.append(padded_l[begin:end])
             parts_u.append(padded_u[begin:end])
             continue
-        index = order[begin:end, :width]
-        valid = torch.arange(width, device=lower.device).unsqueeze(0) < counts[begin:end].unsqueeze(1)
         rows = jacobian[index]  # (b, width, ...)
         offset = jac_offset[index]
         spec = torch.cat([rows, -rows], 1)
@@ -75,7 +73,6 @@ def intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[i
         part = {k: v.rows(begin, end) for k, v in relaxations.items() if k < stop}
         coeffs, total = back_substitute(layers, shapes, part, spec, spec_offset, last + 1)
         bounds = concretize(coeffs, total, in_lower[begin:end], in_upper[begin:end])
-        target = torch.where(valid, index, neurons)
         low_now, up_now = padded_l[begin:end].gather(1, target), padded_u[begin:end].gather(1, target)
         low_new = torch.where(valid, torch.maximum(low_now, bounds[:, :width]), low_now)
         up_new = torch.where(valid, torch.minimum(up_now, -bounds[:, width:]), up_now)

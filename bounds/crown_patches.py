@@ -318,6 +318,35 @@ def _through_conv(layer: nn.Conv2d, weight: Tensor, bias: Tensor | None, coeffs:
     return coeffs, offset
 
 
+def needed_first(needed: Tensor) -> Tensor:
+    """``(B, N)`` column order that lists each example's needed neurons first (``needed``: ``(B, N)`` bool)."""
+    return torch.argsort(needed.to(torch.int8), dim=1, descending=True, stable=True)
+
+
+def padded_rows(order: Tensor, counts: Tensor, begin: int, end: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The needed neurons of examples ``begin:end``, padded to the largest count of the chunk.
+
+    Args:
+        order: :func:`needed_first` of the whole batch ``(B, N)``.
+        counts: Needed neurons per example ``(B,)``.
+        begin: First example of the chunk.
+        end: One past its last example.
+
+    Returns:
+        ``(index, valid, target)``, each ``(end - begin, width)``: the neuron of each row, whether the row is a
+        needed neuron (not padding), and the column its bound goes to (``N``, a dummy column, for padding).
+    """
+    width = int(counts[begin:end].max())
+    index = order[begin:end, :width]
+    valid = torch.arange(width, device=order.device) < counts[begin:end].unsqueeze(1)
+    return index, valid, torch.where(valid, index, order.shape[1])
+
+
+def _concretized(coeffs: Tensor, offset: Tensor, windows_mid: Tensor, windows_rad: Tensor) -> Tensor:
+    """``P mid - |P| rad + offset`` over the input box's windows: the bound of every row."""
+    return _sum_window(coeffs * windows_mid) - _sum_window(coeffs.abs() * windows_rad) + offset
+
+
 def patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], relaxations: Relaxations,
                  stop: int, in_lower: Tensor, in_upper: Tensor, needed: Tensor | None = None
                  ) -> tuple[Tensor, Tensor]:
@@ -371,7 +400,7 @@ def patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ..
             start = identity[:, first:last].expand(1, last - first, hs, ws, channels, 1, 1)
             coeffs, offset = _back_substitute(layers, shapes, part, stop, geometries, spec, start,
                                               zero[:, first:last])
-            bounds.append(_sum_window(coeffs * windows_mid) - _sum_window(coeffs.abs() * windows_rad) + offset)
+            bounds.append(_concretized(coeffs, offset, windows_mid, windows_rad))
             del coeffs
         bound = torch.cat(bounds, 1)
         lowers.append(bound[:, :channels])
@@ -390,19 +419,17 @@ def _sparse_patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple
     """
     channels, hs, ws = shapes[stop]
     batch, neurons = needed.shape
-    order = torch.argsort(needed.to(torch.int8), dim=1, descending=True, stable=True)
+    order = needed_first(needed)
     chunk = max(1, _CHUNK_ELEMENTS // (2 * max(1, int(counts.max())) * largest))
     lower = mid.new_full((batch, neurons + 1), -torch.inf)
     upper = mid.new_full((batch, neurons + 1), torch.inf)
     eye = torch.eye(channels, dtype=mid.dtype, device=mid.device)
     for begin in range(0, batch, chunk):
         end = min(batch, begin + chunk)
-        width = int(counts[begin:end].max())
+        index, _, target = padded_rows(order, counts, begin, end)  # the dummy column takes the padding's bounds
+        width = index.shape[1]
         if width == 0:
             continue
-        index = order[begin:end, :width]
-        valid = torch.arange(width, device=mid.device) < counts[begin:end].unsqueeze(1)
-        target = torch.where(valid, index, neurons)  # the dummy column takes the padding's bounds
         positions = torch.cat([index % (hs * ws)] * 2, 1)
         one_hot = eye[index // (hs * ws)]  # (b, width, C): the channel of each row's neuron
         start_all = torch.cat([one_hot, -one_hot], 1)
@@ -418,8 +445,7 @@ def _sparse_patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple
             coeffs, offset = _back_substitute(layers, shapes, part, stop, geometries, spec, start, zero)
             windows_mid = _windows(mid[begin:end], geometries[0], spec)
             windows_rad = _windows(rad[begin:end], geometries[0], spec)
-            bound = _sum_window(coeffs * windows_mid) - _sum_window(coeffs.abs() * windows_rad) + offset
-            bounds.append(bound.flatten(1))
+            bounds.append(_concretized(coeffs, offset, windows_mid, windows_rad).flatten(1))
             del coeffs
         bound = torch.cat(bounds, 1)
         lower[begin:end].scatter_(1, target, bound[:, :width])
