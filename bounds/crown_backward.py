@@ -7,10 +7,13 @@ bounds the result over the input box. Used by :mod:`bounds.crown` (margins and i
 :mod:`bounds.crown_graph` and alpha-CROWN; the windowed version of these rules is :mod:`bounds.crown_patches`.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from bounds.engine.pooling import as_pair
 from bounds.errors import UnsupportedLayerError
 from bounds.layer_relaxations import (
     ACTIVATIONS,
@@ -23,6 +26,16 @@ from bounds.layer_relaxations import (
     folded_into_previous,
 )
 from bounds.normalization import InputNormalization
+
+# Elements of the largest coefficient tensor one step of a back-substitution may build (4 bytes each in float32, a
+# few live at once); the dense rows (bounds.crown_intermediate) and the windows (bounds.crown_patches) are split
+# over examples (and rows) to stay below it. 2**23 float32 entries are 32 MiB, the largest block glibc's malloc
+# serves from its heap and reuses: larger ones are mmap-ed afresh and page-faulted on every allocation. Measured
+# on the cnn_7layer CROWN bound of one 3x32x32 example (bench_scaling.py, one thread): 117 s (50 s of it in the
+# kernel) at 2**25, 75 s (7 s) at 2**23, 90 s and 93 s at 2**22 and 2**21 (more, smaller steps).
+CHUNK_ELEMENTS = 2**23
+# Elements of one block of rows of a dense transposed convolution (see conv_backward).
+_TRANSPOSE_BLOCK_ELEMENTS = 2**20
 
 
 def check_crown_layer(layer: nn.Module, path: str) -> None:
@@ -51,10 +64,18 @@ def conv_backward(layer: nn.Conv2d, weight: Tensor, coeffs: Tensor, in_shape: tu
 
     The transposed convolution without padding covers the padded input; the rows and columns of the zero padding
     (constants, not inputs) are cropped away, and input rows no output reads (a stride's remainder) get zeros.
+    On a CPU the rows go in blocks (``conv_transpose2d`` slows down several-fold per row on large inputs: LeNet's
+    1680 x 6 x 28 x 28 rows take 108 ms at once, 38 ms in blocks of 250, one thread).
     """
     batch, specs = coeffs.shape[:2]
     flat = coeffs.reshape(batch * specs, *coeffs.shape[2:])
-    full = F.conv_transpose2d(flat, weight, None, layer.stride, 0, 0, layer.groups, layer.dilation)
+    stride, dilation = as_pair(layer.stride), as_pair(layer.dilation)
+    if flat.device.type != "cpu":
+        full = F.conv_transpose2d(flat, weight, None, stride, 0, 0, layer.groups, dilation)
+    else:
+        block = max(1, _TRANSPOSE_BLOCK_ELEMENTS // max(flat[0].numel(), math.prod(in_shape)))
+        full = torch.cat([F.conv_transpose2d(part, weight, None, stride, 0, 0, layer.groups, dilation)
+                          for part in flat.split(block)])
     top, left = conv_leading_padding(layer)
     height, width = in_shape[-2:]
     full = full[..., top:top + height, left:left + width]

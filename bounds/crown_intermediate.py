@@ -5,16 +5,16 @@ bounds matter (the unstable ReLU inputs, or all non-fixed ones before a MaxPool2
 too), windowed for convolutional maps (:mod:`bounds.crown_patches`) and densely, in chunks of examples, otherwise.
 """
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from bounds.crown_backward import back_substitute, concretize
+from bounds.crown_backward import CHUNK_ELEMENTS, back_substitute, concretize
 from bounds.crown_patches import SPARSE_FRACTION, needed_first, padded_rows, patch_bounds, patches_apply
 from bounds.layer_relaxations import ACTIVATIONS, Relaxations
 
 NONLINEAR = (*ACTIVATIONS, nn.MaxPool2d)
-# Examples per chunk of the intermediate back-substitution (memory: chunk x neurons x input size).
-_CHUNK_ELEMENTS = 2**26
 
 
 def intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]],
@@ -52,9 +52,8 @@ def intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[i
     jacobian, jac_offset = back_substitute(layers, shapes, relaxations, eye, zero, stop, start=last + 1)
     jacobian, jac_offset = jacobian[0], jac_offset[0]
     order = needed_first(needed)  # the padding of each chunk points at a dummy column ``neurons``
-    in_size = in_lower[0].numel()
-    per_example = max(1, 2 * int(counts.max()) * max(in_size, jacobian[0].numel()))
-    chunk = max(1, _CHUNK_ELEMENTS // per_example)
+    largest = max(math.prod(shape) for shape in shapes[: last + 2])  # the widest map the rows pass through
+    chunk = max(1, CHUNK_ELEMENTS // max(1, 2 * int(counts.max()) * largest))
     padded_l = torch.cat([flat_l, flat_l[:, :1]], 1)
     padded_u = torch.cat([flat_u, flat_u[:, :1]], 1)
     parts_l, parts_u = [], []

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from bounds.crown_backward import CHUNK_ELEMENTS
 from bounds.engine.pooling import as_pair, pool_stride
 from bounds.errors import UnsupportedLayerError
 from bounds.layer_relaxations import (
@@ -54,8 +55,6 @@ from bounds.layer_relaxations import (
 from bounds.normalization import InputNormalization
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout)
-# Elements of the largest patch tensor per chunk of examples (memory: 4 bytes each, a few live at once).
-_CHUNK_ELEMENTS = 2**25
 # Windows with at most this many (input entries)^2 go through a transposed convolution as one dense matrix.
 _DENSE_WINDOW_MAP = 2**20
 # Back-substitute only the needed neurons' windows when they are at most this fraction of the layer.
@@ -381,10 +380,10 @@ def patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ..
                                         flat_needed, counts)
     spec = _Rows((hs, ws))
     per_row = hs * ws * largest  # one specification row (a channel of one side) of one example
-    chunk = max(1, _CHUNK_ELEMENTS // (2 * channels * per_row))
+    chunk = max(1, CHUNK_ELEMENTS // (2 * channels * per_row))
     # Wide layers (e.g. cnn_7layer's 128-channel maps) do not fit one example at a time: then the rows are split
-    # too, which bounds the memory at about _CHUNK_ELEMENTS window entries whatever the width.
-    rows = max(1, min(2 * channels, _CHUNK_ELEMENTS // per_row))
+    # too, which bounds the memory at about CHUNK_ELEMENTS window entries whatever the width.
+    rows = max(1, min(2 * channels, CHUNK_ELEMENTS // per_row))
     eye = torch.eye(channels, dtype=in_lower.dtype, device=in_lower.device)
     identity = torch.cat([eye, -eye]).view(1, 2 * channels, 1, 1, channels, 1, 1)
     zero = in_lower.new_zeros(1, 2 * channels, hs, ws)
@@ -420,7 +419,7 @@ def _sparse_patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple
     channels, hs, ws = shapes[stop]
     batch, neurons = needed.shape
     order = needed_first(needed)
-    chunk = max(1, _CHUNK_ELEMENTS // (2 * max(1, int(counts.max())) * largest))
+    chunk = max(1, CHUNK_ELEMENTS // (2 * max(1, int(counts.max())) * largest))
     lower = mid.new_full((batch, neurons + 1), -torch.inf)
     upper = mid.new_full((batch, neurons + 1), torch.inf)
     eye = torch.eye(channels, dtype=mid.dtype, device=mid.device)
@@ -435,7 +434,7 @@ def _sparse_patch_bounds(layers: list[tuple[str, nn.Module]], shapes: list[tuple
         start_all = torch.cat([one_hot, -one_hot], 1)
         part = {k: v.rows(begin, end) for k, v in relaxations.items() if k < stop}
         spec_all = _Rows((hs, ws), positions)
-        rows = max(1, min(2 * width, _CHUNK_ELEMENTS // ((end - begin) * largest)))
+        rows = max(1, min(2 * width, CHUNK_ELEMENTS // ((end - begin) * largest)))
         bounds = []
         for first in range(0, 2 * width, rows):
             last = min(2 * width, first + rows)

@@ -93,7 +93,7 @@ def _dense_reference(layers, shapes, relaxations, stop, lower, upper):
 def test_windows_equal_dense_back_substitution_and_enclose_samples(builder, shape, stops, radius, split_rows,
                                                                    monkeypatch):
     if split_rows:  # a tiny memory budget: one example's specification rows are processed a few at a time
-        monkeypatch.setattr(crown_patches, "_CHUNK_ELEMENTS", 4096)
+        monkeypatch.setattr(crown_patches, "CHUNK_ELEMENTS", 4096)
     model = builder(0)
     torch.manual_seed(1)
     x = torch.rand(3, *shape, dtype=torch.float64)
@@ -118,7 +118,7 @@ def test_sparse_rows_equal_dense_on_the_needed_neurons(builder, shape, stops, sp
     # Only the needed neurons' windows are back-substituted (each at its own grid position, examples padded to
     # the largest count); they must equal the dense reference there, and the others stay unbounded.
     if split_rows:
-        monkeypatch.setattr(crown_patches, "_CHUNK_ELEMENTS", 4096)
+        monkeypatch.setattr(crown_patches, "CHUNK_ELEMENTS", 4096)
     model = builder(5)
     fraction = crown_patches.SPARSE_FRACTION
     torch.manual_seed(6)
@@ -151,6 +151,25 @@ def test_patches_and_pool_fusion_do_not_change_margins(builder, shape, stops, mo
     monkeypatch.setattr(crown_backward, "activation_below_pool", lambda *args: None)
     slow = crown_margin_bounds(model, lower, upper, y)
     torch.testing.assert_close(fast, slow, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize(("builder", "shape", "stops"), CASES)
+def test_small_memory_blocks_do_not_change_margins(builder, shape, stops, monkeypatch):
+    # The dense intermediate rows in chunks of one example, the windows split into a few rows at a time and the
+    # transposed convolutions in blocks of a few rows: the same margins as in one piece.
+    model = builder(4)
+    torch.manual_seed(5)
+    x = torch.rand(4, *shape, dtype=torch.float64)
+    lower, upper, y = x - 0.1, x + 0.1, torch.tensor([0, 1, 2, 0])
+    whole = crown_margin_bounds(model, lower, upper, y)
+    monkeypatch.setattr(crown_intermediate, "CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(crown_patches, "CHUNK_ELEMENTS", 4096)
+    monkeypatch.setattr(crown_backward, "_TRANSPOSE_BLOCK_ELEMENTS", 1000)
+    blocks = crown_margin_bounds(model, lower, upper, y)
+    monkeypatch.setattr(crown_intermediate, "patches_apply", lambda *args: False)  # dense rows through every conv
+    dense_blocks = crown_margin_bounds(model, lower, upper, y)
+    torch.testing.assert_close(blocks, whole, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(dense_blocks, whole, rtol=1e-8, atol=1e-8)
 
 
 def test_not_patchable_where_windows_do_not_apply():
