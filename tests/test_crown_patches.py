@@ -140,34 +140,35 @@ def test_sparse_rows_equal_dense_on_the_needed_neurons(builder, shape, stops, sp
         torch.testing.assert_close(all_low, ref_low, rtol=1e-9, atol=1e-9)
 
 
+def _margins_on_a_box(builder, shape, seed: int):
+    """CROWN margins of ``builder(seed)`` on a fixed box of four examples, recomputed on each call."""
+    model = builder(seed)
+    torch.manual_seed(seed + 1)
+    x = torch.rand(4, *shape, dtype=torch.float64)
+    return lambda: crown_margin_bounds(model, x - 0.1, x + 0.1, torch.tensor([0, 1, 2, 0]))
+
+
 @pytest.mark.parametrize(("builder", "shape", "stops"), CASES)
 def test_patches_and_pool_fusion_do_not_change_margins(builder, shape, stops, monkeypatch):
-    model = builder(2)
-    torch.manual_seed(3)
-    x = torch.rand(4, *shape, dtype=torch.float64)
-    lower, upper, y = x - 0.1, x + 0.1, torch.tensor([0, 1, 2, 0])
-    fast = crown_margin_bounds(model, lower, upper, y)
+    margins = _margins_on_a_box(builder, shape, 2)
+    fast = margins()
     monkeypatch.setattr(crown_intermediate, "patches_apply", lambda *args: False)
     monkeypatch.setattr(crown_backward, "activation_below_pool", lambda *args: None)
-    slow = crown_margin_bounds(model, lower, upper, y)
-    torch.testing.assert_close(fast, slow, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(fast, margins(), rtol=1e-8, atol=1e-8)
 
 
 @pytest.mark.parametrize(("builder", "shape", "stops"), CASES)
 def test_small_memory_blocks_do_not_change_margins(builder, shape, stops, monkeypatch):
     # The dense intermediate rows in chunks of one example, the windows split into a few rows at a time and the
     # transposed convolutions in blocks of a few rows: the same margins as in one piece.
-    model = builder(4)
-    torch.manual_seed(5)
-    x = torch.rand(4, *shape, dtype=torch.float64)
-    lower, upper, y = x - 0.1, x + 0.1, torch.tensor([0, 1, 2, 0])
-    whole = crown_margin_bounds(model, lower, upper, y)
+    margins = _margins_on_a_box(builder, shape, 4)
+    whole = margins()
     monkeypatch.setattr(crown_intermediate, "CHUNK_ELEMENTS", 1)
     monkeypatch.setattr(crown_patches, "CHUNK_ELEMENTS", 4096)
     monkeypatch.setattr(crown_backward, "_TRANSPOSE_BLOCK_ELEMENTS", 1000)
-    blocks = crown_margin_bounds(model, lower, upper, y)
+    blocks = margins()
     monkeypatch.setattr(crown_intermediate, "patches_apply", lambda *args: False)  # dense rows through every conv
-    dense_blocks = crown_margin_bounds(model, lower, upper, y)
+    dense_blocks = margins()
     torch.testing.assert_close(blocks, whole, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(dense_blocks, whole, rtol=1e-8, atol=1e-8)
 
