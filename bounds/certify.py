@@ -171,7 +171,7 @@ def _certify_chunk(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: flo
                                          rounds=min(crown_rounds, _SHAPED_PASSES), cap=bracket, shape=shape,
                                          first=_SHAPED_FIRST).view(view)
             shaped_low, shaped_up = _better_box(xs, scale * shape[0], scale * shape[1], opt_low, opt_up, input_range)
-            if crown_rounds > _SHAPED_PASSES:  # closed-form rounds on CROWN over the box grown 2x, 1.5x, ...
+            if crown_rounds > _SHAPED_PASSES:  # closed-form rounds on CROWN over grown boxes (crown_optimise_radii)
                 shaped_low, shaped_up = crown_optimise_radii(model, xs, ys, shaped_low, shaped_up, ibp_radius,
                                                              symmetric=kind == "nonuniform", target=target,
                                                              input_range=input_range,
@@ -314,12 +314,13 @@ def certify(
             interval solution is computed first (it is certified by CROWN too), then CROWN certifies the largest box
             along the ray ``[x - R s1, x + R s2]`` of that solution's shape
             (:func:`~bounds.crown_radius.ray_shape`) by a root search on ``R``, one CROWN pass on each box tried,
-            and grows it by rounds of Problem 2 solved in closed form on CROWN over the box grown 2x, 1.5x, ...
-            (:func:`~bounds.linear_certify.crown_optimise_radii`); the interval box is the fallback, so no example
-            gets a smaller box than with ``"ibp"``. The final check is a fresh CROWN (and IBP) evaluation of
-            exactly the returned box. ``"alpha-crown"`` (:mod:`bounds.alpha_crown`, chain models only) takes as
-            CROWN's box the better of that box and the radii grown on CROWN relaxations in closed form from
-            CROWN's largest uniform radius (``crown_rounds`` rounds of ``crown_optimise_radii``),
+            and grows it by rounds of Problem 2 solved in closed form on CROWN over the box grown 2x, 1.5x, ... (less
+            after a round whose relaxation fails at ``x``; :func:`~bounds.linear_certify.crown_optimise_radii`); the
+            interval box is the fallback, so no example gets a smaller box than with ``"ibp"``. The final check is
+            a fresh CROWN (and IBP) evaluation of exactly the returned box. ``"alpha-crown"``
+            (:mod:`bounds.alpha_crown`, chain models only) takes as CROWN's box the better of that box and the radii
+            grown on CROWN relaxations in closed form from CROWN's largest uniform radius (``crown_rounds`` rounds of
+            ``crown_optimise_radii``),
             then goes on from CROWN's radius and box with alpha-CROWN relaxations (``crown_rounds`` more passes for
             the uniform radius, ``crown_rounds`` more rounds for the other kinds), each example's slopes
             warm-started from its previous round (:class:`~bounds.alpha_search.AlphaWarmStart`); its final check is

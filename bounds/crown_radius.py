@@ -43,7 +43,6 @@ def _uniform_on_relaxation(p: Tensor, q: Tensor, d: Tensor, c1: Tensor, c2: Tens
     return torch.where(at_cap, cap, low)
 
 
-
 def ray_shape(eps_lower: Tensor, eps_upper: Tensor, power: float = 0.5, floor: float = 1e-3
               ) -> tuple[Tensor, Tensor]:
     """The shape ``(s1, s2)`` of a ray of boxes ``[x - R s1, x + R s2]`` from a box's radii (e.g. the interval one).
@@ -53,8 +52,8 @@ def ray_shape(eps_lower: Tensor, eps_upper: Tensor, power: float = 0.5, floor: f
     and the result renormalised to unit geometric-mean half-width. On the zoo's LeNets CROWN certifies boxes along
     the ray of the interval solution's shape with ``power = 0.5`` 1.2-1.3x wider (geometric mean) than the largest
     uniform box, and wider than along the interval shape itself (``power = 1``: CROWN's relaxation differs from the
-    interval bound's) or a milder one (``power = 0.35``); the asymmetric rounds of :func:`crown_optimise_radii` grow
-    neither further (``benchmarks/bench_certify.py --method crown``).
+    interval bound's) or a milder one (``power = 0.35``); the asymmetric rounds of :func:`crown_optimise_radii` then
+    add 1-6% on them (``benchmarks/bench_certify.py --method crown``, ``benchmarks/bench_crown.py``).
 
     Args:
         eps_lower: Radii below ``x`` ``(B, ...)``, ``>= 0``, with positive widths ``e1 + e2`` somewhere.
@@ -76,6 +75,17 @@ def ray_shape(eps_lower: Tensor, eps_upper: Tensor, power: float = 0.5, floor: f
     return s1 / norm, s2 / norm
 
 
+def _quadratic_root(g0: Tensor, s0: Tensor, r: Tensor, g_r: Tensor) -> tuple[Tensor, Tensor]:
+    """Root of ``g(R) = g0 - s0 R - b R^2`` fitted through ``(r, g_r)``, and where the fit curves down (``b > 0``).
+
+    Elsewhere the root is meaningless and the caller takes its own fallback.
+    """
+    tiny = torch.finfo(g0.dtype).tiny
+    curvature = ((g0 - g_r).clamp(min=tiny) - s0 * r) / (r * r).clamp(min=tiny)
+    disc = (s0 * s0 + 4 * curvature * g0).clamp(min=0)
+    return 2 * g0 / (s0 + disc.sqrt()).clamp(min=tiny), curvature > 0
+
+
 def _model_root(g0: Tensor, s0: Tensor, a: Tensor, g_a: Tensor, h: Tensor, g_h: Tensor) -> Tensor:
     """Root of a model of ``g`` fitted to ``g(0) = g0`` and the bracket ends ``(a, g_a)``, ``(h, g_h)``.
 
@@ -86,9 +96,8 @@ def _model_root(g0: Tensor, s0: Tensor, a: Tensor, g_a: Tensor, h: Tensor, g_h: 
     """
     tiny = torch.finfo(g0.dtype).tiny
     drop_a, drop_h = (g0 - g_a).clamp(min=tiny), (g0 - g_h).clamp(min=tiny)
-    curvature = (drop_h - s0 * h) / (h * h).clamp(min=tiny)
-    disc = (s0 * s0 + 4 * curvature * g0).clamp(min=0)
-    quadratic = torch.where(curvature > 0, 2 * g0 / (s0 + disc.sqrt()).clamp(min=tiny), g0 / s0.clamp(min=tiny))
+    root, curved = _quadratic_root(g0, s0, h, g_h)
+    quadratic = torch.where(curved, root, g0 / s0.clamp(min=tiny))
     exponent = torch.log(drop_h / drop_a) / torch.log(h / a.clamp(min=tiny)).clamp(min=tiny)
     power = a * (g0 / drop_a).clamp(min=tiny) ** (1 / exponent.clamp(min=1e-3))
     use_power = (a > 0) & (exponent > 0) & torch.isfinite(power)
@@ -142,7 +151,6 @@ def crown_uniform_radius(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
     """
     batch = x.shape[0]
     view = (batch, *([1] * (x.dim() - 1)))
-    tiny = torch.finfo(x.dtype).tiny
     zero = torch.zeros(view, dtype=x.dtype, device=x.device)
     s_lower, s_upper = shape if shape is not None else (torch.ones_like(x), torch.ones_like(x))
     flat_shape = (s_lower.expand_as(x).flatten(1), s_upper.expand_as(x).flatten(1))
@@ -196,10 +204,8 @@ def crown_uniform_radius(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
         # Next radius: grow while certified; else the root of a model of g through the bracket's ends
         # (:func:`_model_root`), kept inside the bracket.
         # Before a failure: extrapolate g(0) - s0 R - b R^2 through the last certified radius, 1.05x-4x further.
-        curvature = (g_zero - g_anchor - slope_zero * anchor) / (anchor * anchor).clamp(min=tiny)
-        disc = (slope_zero * slope_zero + 4 * curvature * g_zero).clamp(min=0)
-        extrapolated = torch.where(curvature > 0, 2 * g_zero / (slope_zero + disc.sqrt()).clamp(min=tiny),
-                                   4 * anchor)
+        root, curved = _quadratic_root(g_zero, slope_zero, anchor, g_anchor)
+        extrapolated = torch.where(curved, root, 4 * anchor)
         grown = torch.minimum(extrapolated.clamp(min=1.05 * anchor, max=4 * anchor), radius_cap)
         span = high - low
         model_root = _model_root(g_zero, slope_zero, anchor, g_anchor, high, g_high)

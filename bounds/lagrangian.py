@@ -234,14 +234,15 @@ def _scale_to_feasible(model: nn.Module, x: Tensor, y: Tensor, eps_lower: Tensor
                           close=close)
 
 
-def _objective_gradient(x: Tensor, eps_lower: Tensor, eps_upper: Tensor, input_range: tuple[float, float] | None
-                        ) -> tuple[Tensor, Tensor]:
-    """Gradients of :func:`log_width_objective` (summed over examples) in ``log eps_lower`` and ``log eps_upper``."""
+def _objective_and_gradient(x: Tensor, eps_lower: Tensor, eps_upper: Tensor, input_range: tuple[float, float] | None
+                            ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`log_width_objective` ``(B,)`` and its gradients in ``log eps_lower`` and ``log eps_upper``, detached."""
     with torch.enable_grad():
         e1 = eps_lower.detach().requires_grad_(True)
         e2 = eps_upper.detach().requires_grad_(True)
-        g1, g2 = torch.autograd.grad(log_width_objective(x, e1, e2, input_range).sum(), [e1, e2])
-    return g1 * e1.detach(), g2 * e2.detach()
+        objective = log_width_objective(x, e1, e2, input_range)
+        g1, g2 = torch.autograd.grad(objective.sum(), [e1, e2])
+    return objective.detach(), g1 * e1.detach(), g2 * e2.detach()
 
 
 def _per_example_sum(values: Tensor) -> Tensor:
@@ -330,12 +331,10 @@ def optimise_radii(
             grads = list(torch.autograd.grad(augmented_lagrangian(objective, v, mu, eta).sum(), params))
             objective = objective.detach()
         else:
-            with torch.no_grad():
-                objective = log_width_objective(x, eps_lower, eps_upper, input_range)
             v_min = ((margins - delta) / scale).min(1).values  # +inf at the label's own column is never the minimum
             constraint = list(torch.autograd.grad(v_min.sum(), params))
             with torch.no_grad():
-                go_lower, go_upper = _objective_gradient(x, eps_lower, eps_upper, input_range)
+                objective, go_lower, go_upper = _objective_and_gradient(x, eps_lower, eps_upper, input_range)
                 objective_grads = [go_lower + go_upper] if symmetric else [go_lower, go_upper]
                 ray_constraint = sum(_per_example_sum(g) for g in constraint).clamp(max=-tiny)  # D < 0
                 ray_objective = sum(_per_example_sum(g) for g in objective_grads)

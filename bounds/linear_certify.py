@@ -57,7 +57,7 @@ def _linear_parts(bound: LinearMarginBound, x: Tensor, y: Tensor, target: float)
 
 
 def radius_caps(x: Tensor, r_lower: Tensor, r_upper: Tensor, input_range: tuple[float, float] | None
-          ) -> tuple[Tensor, Tensor]:
+                ) -> tuple[Tensor, Tensor]:
     """Radii allowed by the relaxation box and (when clipping) the input range, flattened ``(B, n)``."""
     c1, c2 = r_lower.expand_as(x).flatten(1), r_upper.expand_as(x).flatten(1)
     if input_range is not None:
@@ -140,9 +140,9 @@ def solve_box_problem(p: Tensor, q: Tensor, d: Tensor, c1: Tensor, c2: Tensor, *
 
 
 def relaxation_parts(model: nn.Module, x: Tensor, y: Tensor, r_lower: Tensor, r_upper: Tensor,
-                input_range: tuple[float, float] | None, intermediate: Intermediate, target: float,
-                alpha: AlphaWarmStart | None = None, index: Tensor | None = None
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                     input_range: tuple[float, float] | None, intermediate: Intermediate, target: float,
+                     alpha: AlphaWarmStart | None = None, index: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Build CROWN on the (clipped) box ``[x - r_lower, x + r_upper]``; return ``P, Q, d`` and the caps.
 
     With ``alpha``: alpha-CROWN, warm-started from the slopes of the search's examples ``index`` (all if ``None``).
