@@ -6,6 +6,7 @@ shared helpers as ``common``); the in-process tests import them the same way.
 
 import argparse
 import importlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -107,3 +108,10 @@ def test_acts_imagenet_benchmark_runs_on_device_cpu() -> None:
     assert "device cpu" in done.stdout
     assert re.search(r"\| FGSM \| 1 \| [0-9.]+ \|", done.stdout), done.stdout
     assert re.search(r"peak memory: \d+ MiB \(process peak RSS, cpu\)", done.stdout), done.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("auto_LiRPA") is not None, reason="auto_LiRPA is installed here")
+def test_auto_lirpa_benchmark_without_auto_lirpa_is_a_usage_error() -> None:
+    done = run_script("bench_auto_lirpa.py", "--threads", "1")
+    assert done.returncode == 2
+    assert "auto_LiRPA is not installed" in done.stderr and "Traceback" not in done.stderr
