@@ -115,13 +115,15 @@ def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Interme
     seen_nonlinear = False
     # On a point (zero-width box) interval propagation is exact: nothing for CROWN to tighten.
     tighten = intermediate == "crown" and not bool((upper == lower).all())
+    boxes: dict[int, tuple[Tensor, Tensor]] = {}  # the input box of every layer
     for i, (path, layer) in enumerate(layers):
+        boxes[i] = (box_l, box_u)
         check_crown_layer(layer, path)
         layer_type = type(layer)
         if layer_type in NONLINEAR:
             if tighten and seen_nonlinear and affine_since_nonlinear:
                 box_l, box_u = intermediate_crown(layers, shapes, relaxations, i, box_l, box_u, lower, upper,
-                                                   only_unstable=only_unstable(layers, i))
+                                                  only_unstable=only_unstable(layers, i), boxes=boxes)
             relaxations[i] = relax_layer(layer, box_l, box_u)
             if record is not None:
                 record[i] = (box_l, box_u)

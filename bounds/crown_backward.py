@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from bounds.crown_first_block import finish_dense, first_block
 from bounds.engine.pooling import as_pair
 from bounds.errors import UnsupportedLayerError
 from bounds.layer_relaxations import (
@@ -100,8 +101,17 @@ def back_substitute(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int,
         ``(Lambda, offset)`` w.r.t. the input ``h`` of layer ``start`` (the model input by default):
         ``C f >= Lambda h + offset`` on the box.
     """
+    # To the model input, the chain's first block (convolution, activation, pool) goes in one step, the same result
+    # on fewer numbers (bounds.crown_first_block).
+    block = first_block(layers, shapes) if start == 0 else None
     i = stop - 1
     while i >= start:
+        if block is not None and i == block.end:
+            finished = finish_dense(block, relaxations, coeffs, offset)
+            if finished is not None:
+                coeffs, offset = finished
+                i = block.start - 1
+                continue
         path, layer = layers[i]
         in_shape = shapes[i]
         layer_type = type(layer)

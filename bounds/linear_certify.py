@@ -93,7 +93,7 @@ def solve_box_problem(p: Tensor, q: Tensor, d: Tensor, c1: Tensor, c2: Tensor, *
     """Maximise ``mean_i log(e1_i + e2_i)`` s.t. ``P e1 + Q e2 <= d``, ``0 <= e1 <= c1``, ``0 <= e2 <= c2``.
 
     Dual method of the module docstring. Examples with some ``d_j <= 0`` (not certified even at zero width)
-    get zero radii.
+    get zero radii (and cost nothing: the dual runs on the others only).
 
     Args:
         p: ``(B, M, n)`` nonnegative costs of ``e1``.
@@ -108,8 +108,15 @@ def solve_box_problem(p: Tensor, q: Tensor, d: Tensor, c1: Tensor, c2: Tensor, *
     Returns:
         Feasible ``(e1, e2)``, each ``(B, n)``.
     """
+    feasible = (d > 0).all(1)
+    if not bool(feasible.all()):  # only the examples certified at zero width run the dual
+        e1, e2 = torch.zeros_like(c1), torch.zeros_like(c2)
+        index = feasible.nonzero().squeeze(1)
+        if index.numel():
+            e1[index], e2[index] = solve_box_problem(p[index], q[index], d[index], c1[index], c2[index],
+                                                     symmetric=symmetric, steps=steps, lr=lr)
+        return e1, e2
     batch, _, n = p.shape
-    feasible_at_zero = (d > 0).all(1)
     budget = d.clamp(min=_MIN)
     theta = torch.log(torch.full_like(d, n) / budget / d.shape[1])
     moment = torch.zeros_like(theta)
@@ -125,7 +132,7 @@ def solve_box_problem(p: Tensor, q: Tensor, d: Tensor, c1: Tensor, c2: Tensor, *
         used = (p @ e1.unsqueeze(2) + q @ e2.unsqueeze(2)).squeeze(2)
         scale = (budget / used.clamp(min=_MIN)).min(1).values.clamp(max=1)
         objective = _log_width(e1, e2) + torch.log(scale.clamp(min=_MIN))
-        better = (objective > best) & feasible_at_zero
+        better = objective > best
         best = torch.where(better, objective, best)
         best_e1 = torch.where(better.unsqueeze(1), e1 * scale.unsqueeze(1), best_e1)
         best_e2 = torch.where(better.unsqueeze(1), e2 * scale.unsqueeze(1), best_e2)
