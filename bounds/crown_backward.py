@@ -107,7 +107,7 @@ def back_substitute(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int,
     i = stop - 1
     while i >= start:
         if block is not None and i == block.end:
-            finished = finish_dense(block, relaxations, coeffs, offset)
+            finished = finish_dense(block, relaxations, coeffs, offset, CHUNK_ELEMENTS)
             if finished is not None:
                 coeffs, offset = finished
                 i = block.start - 1

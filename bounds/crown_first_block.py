@@ -20,9 +20,10 @@ a unit takes its lower line when ``lambda >= 0`` and its upper line otherwise (t
 one entry, and no two units share an entry; the activation's line is chosen by the same sign). Two exact rewrites
 use them:
 
-- :func:`finish_dense`: rows ``Lambda`` at the block's output go to ``A``'s input by one product per unit position
-  and an overlap-add (``F.fold``), instead of the spread onto the activation's map, its lines, and a transposed
-  convolution over the whole map (LeNet: the 6 x 28 x 28 map of every row of the fully connected layers' bounds).
+- :func:`finish_dense` (blocks with a pool): rows ``Lambda`` at the block's output go to ``A``'s input by one product
+  per unit position and an overlap-add (``F.fold``), instead of the spread onto the activation's map, its lines, and
+  a transposed convolution over the whole map (LeNet: the 6 x 28 x 28 map of every row of the fully connected layers'
+  bounds). Without a pool the layer-by-layer rules are as cheap and stay.
 - :func:`next_conv_bounds`: the bounds of every output of the convolution ``B`` right after the block. Their rows
   are ``+-W_B[c]`` for every example, so the windows are built tap by tap from the unit lines (``k_B^2`` matrix
   products shared by all rows), not by back-substituting ``2 x C_B x H x W`` windows of each example through the
@@ -184,28 +185,34 @@ def unit_lines(block: FirstBlock, relaxations: Relaxations) -> UnitLines:
     return UnitLines(patch, lines.slope_l, lines.slope_l * bias + icpt_l, slope_u, offset_u)
 
 
-def finish_dense(block: FirstBlock, relaxations: Relaxations, coeffs: Tensor, offset: Tensor
+def finish_dense(block: FirstBlock, relaxations: Relaxations, coeffs: Tensor, offset: Tensor, budget: int
                  ) -> tuple[Tensor, Tensor] | None:
-    """Back-substitute dense rows ``Lambda (B or 1, S, C, P, Q)`` at the block's output to ``A``'s input.
+    """Back-substitute dense rows ``Lambda (B or 1, S, C, P, Q)`` at the output of a block with a pool to ``A``'s input.
 
     A unit's coefficient ``lambda`` becomes ``([lambda]_+ slope_l + [lambda]_- slope_u) patch`` at the input and
-    adds ``[lambda]_+ offset_l + [lambda]_- offset_u`` to the offset. Returns ``(Lambda_input (B, S, C_in, H, W),
-    offset)``, as the layer-by-layer rules would, or ``None`` where the relaxations do not fit (then the caller goes
-    on layer by layer).
+    adds ``[lambda]_+ offset_l + [lambda]_- offset_u`` to the offset; the rows go in blocks of at most about
+    ``budget`` unit-window entries. Returns ``(Lambda_input (B, S, C_in, H, W), offset)``, as the layer-by-layer
+    rules would, or ``None`` without a pool (the rules' activation step and transposed convolution are as cheap) or
+    where the relaxations do not fit (then the caller goes on layer by layer).
     """
-    if not _relaxations_fit(block, relaxations):
+    if block.pool is None or not _relaxations_fit(block, relaxations):
         return None
     lines = unit_lines(block, relaxations)
     batch = max(coeffs.shape[0], lines.slope_l.shape[0])
-    specs = coeffs.shape[1]
     negative = coeffs.clamp(max=0)
     offset = offset + (coeffs.flatten(2) @ lines.offset_l.flatten(1).unsqueeze(2)).squeeze(2)
     offset = offset + (negative.flatten(2) @ (lines.offset_u - lines.offset_l).flatten(1).unsqueeze(2)).squeeze(2)
-    scale = torch.addcmul(coeffs * lines.slope_l.unsqueeze(1), negative, (lines.slope_u - lines.slope_l).unsqueeze(1))
+    del negative
     patch = lines.patch.expand(batch, *lines.patch.shape[1:4], -1)
-    windows = torch.einsum("bscpq,bcpqd->bsdpq", scale.expand(batch, -1, -1, -1, -1), patch)
-    return _fold(block, windows.reshape(batch * specs, windows.shape[2], -1), windows.shape[-2:]).view(
-        batch, specs, *block.in_shape), offset
+    slope_u = (lines.slope_u - lines.slope_l).unsqueeze(1)
+    rows = max(1, budget // (batch * patch.shape[-1] * patch.shape[2] * patch.shape[3]))  # one row's windows
+    parts = []
+    for part in coeffs.split(rows, 1):
+        scale = torch.addcmul(part * lines.slope_l.unsqueeze(1), part.clamp(max=0), slope_u)
+        windows = torch.einsum("bscpq,bcpqd->bsdpq", scale.expand(batch, -1, -1, -1, -1), patch)
+        folded = _fold(block, windows.reshape(batch * part.shape[1], windows.shape[2], -1), windows.shape[-2:])
+        parts.append(folded.view(batch, part.shape[1], *block.in_shape))
+    return torch.cat(parts, 1), offset
 
 
 def _fold(block: FirstBlock, windows: Tensor, grid: tuple[int, int]) -> Tensor:

@@ -1,11 +1,11 @@
 """The largest box CROWN certifies along a ray: uniform radii and shaped rays, by a model-based root search.
 
 The uniform box ``[x - R, x + R]`` (or the shaped one ``[x - R s1, x + R s2]``, the shape from :func:`ray_shape` of the
-interval solution) is certified by CROWN while its margin bound ``g(R) >= target``: :func:`crown_uniform_radius`
-finds the root of ``g`` by a safeguarded model-based search, one CROWN pass per radius tried. On a fixed
-relaxation the largest certified radius is a root of a concave piecewise-linear function
-(:func:`_uniform_on_relaxation`, a bisection without network passes), which gives a certified radius below every
-failed one.
+interval solution) is certified by CROWN while its margin bound ``g(R) >= target``: :func:`crown_radius_bracket` (and
+:func:`crown_uniform_radius`, its certified end) finds the root of ``g`` by a safeguarded model-based search, one
+CROWN pass per radius tried. On a fixed relaxation the largest certified radius is a root of a concave
+piecewise-linear function (:func:`_uniform_on_relaxation`, a bisection without network passes), which gives a
+certified radius below every failed one.
 """
 
 import math
@@ -109,6 +109,17 @@ def crown_uniform_radius(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
                          intermediate: Intermediate = "crown", cap: float = 2.0, rtol: float = 4e-3,
                          alpha: AlphaWarmStart | None = None, start: Tensor | None = None,
                          shape: tuple[Tensor, Tensor] | None = None, first: float = 0.5) -> Tensor:
+    """The largest uniform radius CROWN certifies: :func:`crown_radius_bracket`'s certified end (same arguments)."""
+    return crown_radius_bracket(model, x, y, target=target, input_range=input_range, rounds=rounds,
+                                intermediate=intermediate, cap=cap, rtol=rtol, alpha=alpha, start=start, shape=shape,
+                                first=first)[0]
+
+
+def crown_radius_bracket(model: nn.Module, x: Tensor, y: Tensor, *, target: float,
+                         input_range: tuple[float, float] | None = None, rounds: int = 10,
+                         intermediate: Intermediate = "crown", cap: float = 2.0, rtol: float = 4e-3,
+                         alpha: AlphaWarmStart | None = None, start: Tensor | None = None,
+                         shape: tuple[Tensor, Tensor] | None = None, first: float = 0.5) -> tuple[Tensor, Tensor]:
     """The largest uniform radius CROWN certifies, by a safeguarded root search on the CROWN bound.
 
     Let ``g(R) = min_j m_j(R, R) - target`` be CROWN's margin bound on the (clipped) box of radius ``R``, built
@@ -147,7 +158,8 @@ def crown_uniform_radius(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
         first: The first radius tried is ``first`` times the linearisation's root (without ``start``).
 
     Returns:
-        Radii ``(B,)``: certified by a CROWN relaxation (``0`` where not even ``x`` is certified).
+        ``(radius, failed)``, each ``(B,)``: the radius is certified by a CROWN relaxation (``0`` where not even ``x``
+        is certified); ``failed`` is the smallest radius seen to fail (``inf`` where none was tried and failed).
     """
     batch = x.shape[0]
     view = (batch, *([1] * (x.dim() - 1)))
@@ -213,4 +225,4 @@ def crown_uniform_radius(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
         middle = torch.where(low > 0, (low * high).clamp(min=0).sqrt(), low + span / 2)
         inside = torch.where(slow, middle, model_root)
         guess = torch.where(done, guess, torch.where(bracketed, inside, grown))
-    return low
+    return low, torch.where(torch.isfinite(g_high), high, torch.full_like(high, math.inf))

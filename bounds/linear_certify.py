@@ -167,9 +167,9 @@ def relaxation_parts(model: nn.Module, x: Tensor, y: Tensor, r_lower: Tensor, r_
 
 def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Tensor, init_upper: Tensor,
                          floor: Tensor, *, symmetric: bool, target: float,
-                         input_range: tuple[float, float] | None = None, rounds: int = 4, steps: int = 200,
-                         intermediate: Intermediate = "crown", alpha: AlphaWarmStart | None = None
-                         ) -> tuple[Tensor, Tensor]:
+                         input_range: tuple[float, float] | None = None, rounds: int = 4, steps: int = 100,
+                         intermediate: Intermediate = "crown", alpha: AlphaWarmStart | None = None,
+                         first_growth: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-pixel radii (asymmetric, or non-uniform when ``symmetric``) certified by CROWN relaxations.
 
     Round ``k`` builds CROWN on ``[x - g_k e1, x + g_k e2]`` around the best radii so far (``g_k = 1 + 1/k``,
@@ -192,10 +192,11 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Ten
         target: The margin to certify.
         input_range: Clip boxes to it, if given.
         rounds: Relaxations (network passes of CROWN).
-        steps: Dual steps per round.
+        steps: Dual steps per round (100: the mean asymmetric widths of the zoo's LeNet and FC100 within 0.05% of 200).
         intermediate: Intermediate bounds of CROWN (``"crown"`` or ``"ibp"``).
         alpha: Relax with alpha-CROWN instead, the slopes of every example carried from round to round
             (:class:`~bounds.alpha_search.AlphaWarmStart`, one entry per example of ``x``).
+        first_growth: ``g_1`` per example ``(B,)`` instead of ``2`` (e.g. where a ray search saw CROWN fail).
 
     Returns:
         ``(eps_lower, eps_upper)`` shaped like ``x``, certified by the relaxation of some round or equal to the
@@ -206,7 +207,7 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Ten
     c1, c2 = radius_caps(x, best_l, best_u, input_range)
     best = torch.where(floor > 0, _log_width(c1, c2), torch.full_like(floor, -math.inf))
     floor = floor.clamp(min=1e-6).view(view)
-    growth = torch.full(view, 2.0, dtype=x.dtype, device=x.device)
+    growth = torch.full(view, 2.0, dtype=x.dtype, device=x.device) if first_growth is None else first_growth.view(view)
     for k in range(1, rounds + 1):
         r_lower = (best_l * growth).clamp(min=floor)
         r_upper = (best_u * growth).clamp(min=floor)

@@ -5,7 +5,7 @@ import torch
 
 from bounds.analysis import geometric_mean_width
 from bounds.certify import _lagrangian_options, certify
-from bounds.crown_radius import crown_uniform_radius, ray_shape
+from bounds.crown_radius import crown_radius_bracket, crown_uniform_radius, ray_shape
 from bounds.lagrangian import (
     LagrangianOptions,
     _scale_to_feasible,
@@ -145,6 +145,14 @@ def test_shaped_crown_search_is_certified_and_uniform_by_default() -> None:
     assert bool((scale > 0).all())
     margins = min_margin(model, x - scale * s1, x + scale * s2, y, "crown")
     assert bool((margins >= TARGET * (1 - 1e-6)).all())
+    # The bracket's other end (the first closed-form round's growth comes from it): a radius CROWN was seen to fail
+    # at, beyond the certified one, or inf where no radius tried failed.
+    low, failed = crown_radius_bracket(model, x, y, target=TARGET, rounds=3, shape=(s1, s2), first=0.2)
+    assert torch.equal(low.view(-1, 1, 1, 1), scale)
+    seen = torch.isfinite(failed)
+    assert bool(seen.any()) and bool((failed[seen] > low[seen]).all())
+    wide = failed[seen].view(-1, 1, 1, 1)
+    assert bool((min_margin(model, (x - wide * s1)[seen], (x + wide * s2)[seen], y[seen], "crown") < TARGET).all())
 
 
 @pytest.mark.parametrize("kind", ["asymmetric", "nonuniform"])
