@@ -325,8 +325,9 @@ def certify(
             interval solution is computed first (it is certified by CROWN too), then CROWN certifies the largest box
             along the ray ``[x - R s1, x + R s2]`` of that solution's shape
             (:func:`~bounds.crown_radius.ray_shape`) by a root search on ``R``, one CROWN pass on each box tried,
-            and grows it by rounds of Problem 2 solved in closed form on CROWN over the box grown 2x, 1.5x, ... (less
-            after a round whose relaxation fails at ``x``; :func:`~bounds.linear_certify.crown_optimise_radii`); the
+            and grows it by rounds of Problem 2 solved in closed form on CROWN over grown boxes (first to where
+            the ray search saw CROWN fail, at most 2x, then 1.5x, ...; less after a round whose relaxation fails at
+            ``x``; :func:`~bounds.linear_certify.crown_optimise_radii`); the
             interval box is the fallback, so no example gets a smaller box than with ``"ibp"``. The final check is
             a fresh CROWN (and IBP) evaluation of exactly the returned box. ``"alpha-crown"``
             (:mod:`bounds.alpha_crown`, chain models only) takes as CROWN's box the better of that box and the radii

@@ -32,6 +32,8 @@ use them:
 Both equal the back-substitution up to rounding (tested against the dense and the windowed rules). On the zoo's
 LeNet one CROWN bound took 50 ms per example before and 25 ms after (one thread, 50 digits, radius 0.06), with
 the cheap first pass of :func:`bounds.crown_intermediate.intermediate_crown`.
+
+This file is one concept (the first block's unit lines and the two rewrites built on them), hence its length.
 """
 
 from dataclasses import dataclass

@@ -16,7 +16,8 @@ closed form (fill the cheaper side up to its cap, then the other), and the dual 
 and the best feasible one is kept (so the result is always feasible, whatever the dual's progress).
 
 Because the relaxation is only valid inside ``B0``, the caps are ``B0``'s radii. The outer loop
-re-linearises: ``B0`` is rebuilt around the last solution, enlarged by a factor (``2, 1.5, 1.33, ...``),
+re-linearises: ``B0`` is rebuilt around the last solution, enlarged by a factor (``2, 1.5, 1.33, ...``; certify's
+first factor is where its ray search saw CROWN fail),
 so the box can grow where the caps were active and the relaxation tightens where it was too loose. The best
 solution (by the objective) over the rounds is returned; :func:`bounds.certify.certify` re-verifies it with a
 fresh CROWN (and IBP) evaluation on exactly the returned box.
@@ -172,8 +173,9 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Ten
                          first_growth: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-pixel radii (asymmetric, or non-uniform when ``symmetric``) certified by CROWN relaxations.
 
-    Round ``k`` builds CROWN on ``[x - g_k e1, x + g_k e2]`` around the best radii so far (``g_k = 1 + 1/k``,
-    starting from the given certified box, every radius at least ``floor``) and solves Problem 2 on that
+    Round ``k`` builds CROWN on ``[x - g_k e1, x + g_k e2]`` around the best radii so far (``g_k = 1 + 1/k``, or
+    ``first_growth`` for ``k = 1``, starting from the given certified box, every radius at least ``floor``) and
+    solves Problem 2 on that
     relaxation by the dual method (:func:`solve_box_problem`); the best solution over the rounds and the initial
     box (by the objective) is returned. Where a round's relaxation does not even certify ``x`` (the box was grown
     too far for it: on the zoo's LeNet every example at ``g_1 = 2``), the next round grows by a quarter of that

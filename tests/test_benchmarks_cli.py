@@ -111,7 +111,8 @@ def test_acts_imagenet_benchmark_runs_on_device_cpu() -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("auto_LiRPA") is not None, reason="auto_LiRPA is installed here")
-def test_auto_lirpa_benchmark_without_auto_lirpa_is_a_usage_error() -> None:
-    done = run_script("bench_auto_lirpa.py", "--threads", "1")
+@pytest.mark.parametrize("part", ["cnn7", "alpha"])
+def test_auto_lirpa_benchmark_without_auto_lirpa_is_a_usage_error(part: str) -> None:
+    done = run_script("bench_auto_lirpa.py", "--part", part, "--threads", "1")
     assert done.returncode == 2
     assert "auto_LiRPA is not installed" in done.stderr and "Traceback" not in done.stderr
