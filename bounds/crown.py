@@ -115,9 +115,18 @@ def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Interme
     seen_nonlinear = False
     # On a point (zero-width box) interval propagation is exact: nothing for CROWN to tighten.
     tighten = intermediate == "crown" and not bool((upper == lower).all())
-    boxes: dict[int, tuple[Tensor, Tensor]] = {}  # the input box of every layer
+    # Input boxes intermediate_crown may start from: the model input, its normalization (the first block's input), and
+    # the outputs of the last two nonlinear blocks (the cheap first pass's); older ones are dropped.
+    boxes: dict[int, tuple[Tensor, Tensor]] = {}
+    block_outputs: list[int] = []
     for i, (path, layer) in enumerate(layers):
-        boxes[i] = (box_l, box_u)
+        if i <= 1:
+            boxes[i] = (box_l, box_u)
+        elif type(layers[i - 1][1]) in NONLINEAR and type(layer) not in NONLINEAR:
+            boxes[i] = (box_l, box_u)
+            block_outputs.append(i)
+            if len(block_outputs) > 2:
+                boxes.pop(block_outputs.pop(0), None)
         check_crown_layer(layer, path)
         layer_type = type(layer)
         if layer_type in NONLINEAR:

@@ -6,6 +6,7 @@ too), windowed for convolutional maps (:mod:`bounds.crown_patches`) and densely,
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -41,12 +42,12 @@ def intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[i
     only its own rows of ``[J; -J]`` (its unstable neurons, or all non-fixed ones), padded to the largest
     count of its chunk.
 
-    ``boxes`` (the interval box at the input of every layer below ``stop``, by index) allows a cheap first pass on
-    dense rows (:func:`_partial_start`): the rows are back-substituted only down to the output of the
-    nonlinear block before the last one and concretised on its box. Those bounds are sound too; the neurons they
-    prove stable (or fixed) need no full back-substitution, because a relaxation is exact on them whatever their
-    bounds (LeNet's second fully connected layer: 43 instead of 83 of its 84 neurons at radius 0.06), and the others
-    keep the tighter of both bounds (on wide boxes the cheap one is sometimes tighter than full CROWN).
+    ``boxes`` (interval boxes at the input of layers below ``stop``, by index: at least the model input's and, for
+    the first block's input, after an input normalization; the nonlinear blocks' outputs) gives dense rows a
+    checkpoint (:func:`_checkpoint`): they are concretised on the way, at the output of the nonlinear block before
+    the last one, and the neurons settled there go no further (:func:`_tightened`; LeNet's second fully connected
+    layer: 43 instead of 83 of its 84 neurons go on at radius 0.06); the others keep the tighter of both bounds (on
+    wide boxes the checkpoint's is sometimes tighter than full CROWN's).
     """
     flat_l, flat_u = lower.flatten(1), upper.flatten(1)
     not_fixed, needed = _needed(layers, stop, flat_l, flat_u, only_unstable)
@@ -73,26 +74,23 @@ def intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[i
     eye = torch.eye(neurons, dtype=lower.dtype, device=lower.device).view(1, neurons, *shapes[stop])
     zero = torch.zeros(1, neurons, dtype=lower.dtype, device=lower.device)
     jacobian, jac_offset = back_substitute(layers, shapes, relaxations, eye, zero, stop, start=last + 1)
-    rows = (layers, shapes, relaxations, stop, last, jacobian[0], jac_offset[0])
-    largest = max(math.prod(shape) for shape in shapes[: last + 2])  # the widest map the rows pass through
-    start = _partial_start(layers, shapes, last, largest)
-    if start is not None:
-        flat_l, flat_u = _tightened(*rows, needed, flat_l, flat_u, start, *boxes[start])
-        not_fixed, needed = _needed(layers, stop, flat_l, flat_u, only_unstable)
-        if int(needed.sum(1).max()) == 0:
-            return flat_l.reshape(lower.shape), flat_u.reshape(upper.shape)
-    flat_l, flat_u = _tightened(*rows, needed, flat_l, flat_u, 0, in_lower, in_upper)
+    start = _checkpoint(layers, last)
+    checkpoint = (start, *boxes[start]) if start is not None and start in boxes else None
+
+    def still_needed(low: Tensor, up: Tensor) -> Tensor:
+        return _needed(layers, stop, low, up, only_unstable)[1]
+
+    flat_l, flat_u = _tightened(layers, shapes, relaxations, stop, last, jacobian[0], jac_offset[0], needed, flat_l,
+                                flat_u, in_lower, in_upper, checkpoint, still_needed)
     return flat_l.reshape(lower.shape), flat_u.reshape(upper.shape)
 
 
-def _partial_start(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], last: int, largest: int
-                   ) -> int | None:
-    """Where the cheap first pass of :func:`intermediate_crown` stops, or ``None`` when it would not pay.
+def _checkpoint(layers: list[tuple[str, nn.Module]], last: int) -> int | None:
+    """Where dense rows are concretised on the way (:func:`_tightened`), or ``None``.
 
-    It goes through the nonlinear block ending at ``last`` (a max-pool with its activation, or an activation) and
-    the affine layers below it, to the output of the block before (``start``), if there is one and the pass only
-    meets maps at most 1/8 of the widest map of the full back-substitution (on LeNet: the fully connected layers
-    between the pools and the second fully connected layer's bounds, 400 vs 4,704 entries).
+    The output of the nonlinear block before the one ending at ``last`` (a max-pool with its activation, or an
+    activation), if affine layers lie between the two blocks: on LeNet the second pool's output for the second fully
+    connected layer's rows, the first pool's output for the first one's.
     """
     j = last
     while j >= 0 and type(layers[j][1]) in NONLINEAR:
@@ -101,24 +99,25 @@ def _partial_start(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, 
     while j >= 0 and type(layers[j][1]) not in NONLINEAR:
         j -= 1
     start = j + 1
-    if start == 0 or affine < start:
-        return None
-    widest = max(math.prod(shape) for shape in shapes[start: last + 2])
-    return start if 8 * widest <= largest else None
+    return None if start == 0 or affine < start else start
 
 
 def _tightened(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], relaxations: Relaxations,
                stop: int, last: int, jacobian: Tensor, jac_offset: Tensor, needed: Tensor, flat_l: Tensor,
-               flat_u: Tensor, start: int, box_l: Tensor, box_u: Tensor) -> tuple[Tensor, Tensor]:
-    """Bounds ``(B, N)`` with the ``needed`` neurons' rows ``[J; -J]`` back-substituted to layer ``start``'s input.
+               flat_u: Tensor, in_lower: Tensor, in_upper: Tensor, checkpoint: tuple[int, Tensor, Tensor] | None,
+               still_needed: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """Bounds ``(B, N)`` with the ``needed`` neurons' rows ``[J; -J]`` back-substituted to the model input.
 
-    The rows are concretised on ``[box_l, box_u]`` (the interval box there) and intersected with ``flat_l, flat_u``;
-    examples go in chunks of at most ``CHUNK_ELEMENTS`` entries of the widest map the rows pass through.
+    With a ``checkpoint`` ``(k, box_l, box_u)`` the rows stop at the input of layer ``k`` first and are concretised on
+    the interval box there: those bounds are sound too, and the neurons they settle (``still_needed`` false: stable,
+    or fixed) go no further, since their relaxation is exact whatever their bounds; the others go on from the same
+    coefficients and keep the tighter of both bounds. Every bound is intersected with ``flat_l, flat_u``; examples go
+    in chunks of at most ``CHUNK_ELEMENTS`` entries of the widest map the rows pass through.
     """
     batch, neurons = flat_l.shape
     counts = needed.sum(1)
     order = needed_first(needed)  # the padding of each chunk points at a dummy column ``neurons``
-    widest = max(math.prod(shape) for shape in shapes[start: last + 2])
+    widest = max(math.prod(shape) for shape in shapes[: last + 2])
     chunk = max(1, CHUNK_ELEMENTS // max(1, 2 * int(counts.max()) * widest))
     padded_l = torch.cat([flat_l, flat_l[:, :1]], 1)
     padded_u = torch.cat([flat_u, flat_u[:, :1]], 1)
@@ -126,25 +125,40 @@ def _tightened(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]
     for begin in range(0, batch, chunk):
         end = min(batch, begin + chunk)
         index, valid, target = padded_rows(order, counts, begin, end)
-        width = index.shape[1]
-        if width == 0:
-            parts_l.append(padded_l[begin:end])
-            parts_u.append(padded_u[begin:end])
-            continue
-        rows = jacobian[index]  # (b, width, ...)
-        offset = jac_offset[index]
-        spec = torch.cat([rows, -rows], 1)
-        spec_offset = torch.cat([offset, -offset], 1)
-        part = {k: v.rows(begin, end) for k, v in relaxations.items() if k < stop}
-        coeffs, total = back_substitute(layers, shapes, part, spec, spec_offset, last + 1, start)
-        bounds = concretize(coeffs, total, box_l[begin:end], box_u[begin:end])
-        low_now, up_now = padded_l[begin:end].gather(1, target), padded_u[begin:end].gather(1, target)
-        low_new = torch.where(valid, torch.maximum(low_now, bounds[:, :width]), low_now)
-        up_new = torch.where(valid, torch.minimum(up_now, -bounds[:, width:]), up_now)
-        up_new = torch.maximum(up_new, low_new)  # rounding can cross the two; both remain sound
-        parts_l.append(padded_l[begin:end].scatter(1, target, low_new))
-        parts_u.append(padded_u[begin:end].scatter(1, target, up_new))
+        low, up = padded_l[begin:end].gather(1, target), padded_u[begin:end].gather(1, target)
+        if index.shape[1]:
+            spec = torch.cat([jacobian[index], -jacobian[index]], 1)  # (b, 2 width, ...)
+            spec_offset = torch.cat([jac_offset[index], -jac_offset[index]], 1)
+            part = {k: v.rows(begin, end) for k, v in relaxations.items() if k < stop}
+            position = torch.arange(index.shape[1], device=index.device).expand_as(index)
+            if checkpoint is not None:
+                spec, spec_offset = back_substitute(layers, shapes, part, spec, spec_offset, last + 1, checkpoint[0])
+                low, up = _intersect(low, up, valid, concretize(spec, spec_offset, checkpoint[1][begin:end],
+                                                                checkpoint[2][begin:end]))
+                go_on = valid & still_needed(low, up)
+                kept = int(go_on.sum(1).max())
+                position = needed_first(go_on)[:, :kept]  # each example's rows still needed, first
+                rows = torch.cat([position, position + index.shape[1]], 1)
+                spec = spec.gather(1, rows.view(*rows.shape, *([1] * (spec.dim() - 2))).expand(-1, -1, *spec.shape[2:]))
+                spec_offset = spec_offset.gather(1, rows)
+                valid = go_on.gather(1, position)
+            if position.shape[1]:
+                coeffs, total = back_substitute(layers, shapes, part, spec, spec_offset,
+                                                checkpoint[0] if checkpoint is not None else last + 1)
+                bounds = concretize(coeffs, total, in_lower[begin:end], in_upper[begin:end])
+                low_at, up_at = _intersect(low.gather(1, position), up.gather(1, position), valid, bounds)
+                low, up = low.scatter(1, position, low_at), up.scatter(1, position, up_at)
+        parts_l.append(padded_l[begin:end].scatter(1, target, low))
+        parts_u.append(padded_u[begin:end].scatter(1, target, up))
     return torch.cat(parts_l)[:, :neurons], torch.cat(parts_u)[:, :neurons]
+
+
+def _intersect(low: Tensor, up: Tensor, valid: Tensor, bounds: Tensor) -> tuple[Tensor, Tensor]:
+    """``low, up`` ``(b, w)`` tightened where ``valid`` by rows' bounds ``(b, 2w)`` (lower rows, then negated upper)."""
+    width = low.shape[1]
+    low_new = torch.where(valid, torch.maximum(low, bounds[:, :width]), low)
+    up_new = torch.where(valid, torch.minimum(up, -bounds[:, width:]), up)
+    return low_new, torch.maximum(up_new, low_new)  # rounding can cross the two; both remain sound
 
 
 def only_unstable(layers: list[tuple[str, nn.Module]], i: int) -> bool:

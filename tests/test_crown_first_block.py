@@ -132,38 +132,39 @@ def test_first_block_does_not_change_the_margin_bounds(builder, shape, monkeypat
 
 
 @pytest.mark.parametrize("radius", [0.02, 0.12])
-def test_cheap_first_pass_never_loosens_the_margins(radius, monkeypatch):
-    # LeNet's second fully connected layer: the neurons the cheap pass proves stable skip the full pass (their
-    # relaxation is exact either way); the others get the intersection of both bounds, which can only tighten.
+def test_checkpoint_of_dense_rows_never_loosens_the_margins(radius, monkeypatch):
+    # LeNet's fully connected layers: their rows are concretised on the way (at the pools' outputs); the neurons
+    # settled there go no further (their relaxation is exact either way), the others keep the tighter bound.
     model = lenet_pattern(3).double().eval()
     torch.manual_seed(4)
     x = torch.rand(16, 1, 16, 16, dtype=torch.float64)
     y = torch.arange(16) % 4
-    calls = []
-    partial = crown_intermediate._partial_start
+    starts = []
+    checkpoint = crown_intermediate._checkpoint
 
     def counted(*args):
-        start = partial(*args)
-        calls.append(start)
+        start = checkpoint(*args)
+        starts.append(start)
         return start
 
-    monkeypatch.setattr(crown_intermediate, "_partial_start", counted)
+    monkeypatch.setattr(crown_intermediate, "_checkpoint", counted)
     fast = crown_margin_bounds(model, x - radius, x + radius, y)
-    assert 6 in calls  # the fully connected layers' rows stop at the second pool's output (layer 6, the Flatten)
-    monkeypatch.setattr(crown_intermediate, "_partial_start", lambda *args: None)
+    assert starts == [3, 6]  # fc1's rows stop at the first pool's output, fc2's at the second's
+    monkeypatch.setattr(crown_intermediate, "_checkpoint", lambda *args: None)
     slow = crown_margin_bounds(model, x - radius, x + radius, y)
     finite = torch.isfinite(slow)
     assert bool((fast[finite] >= slow[finite] - 1e-10).all())
-    if radius > 0.1:  # wide boxes: the cheap bound is tighter than full CROWN on some neurons
+    if radius > 0.1:  # wide boxes: the checkpoint's bound is tighter than full CROWN's on some neurons
         assert bool((fast[finite] > slow[finite] + 1e-6).any())
 
 
-def test_cheap_first_pass_is_skipped_where_it_would_not_pay():
-    _, _, _, (layers, shapes, _, _, _) = _built(lenet_pattern, (1, 16, 16), 0.1)
-    largest = max(torch.Size(shape).numel() for shape in shapes[:10])
-    assert crown_intermediate._partial_start(layers, shapes, 8, largest) == 6  # Flatten: 24 entries vs 1,024
-    assert crown_intermediate._partial_start(layers, shapes, 5, largest) is None  # through conv 2's 6 x 12 x 12 map
-    assert crown_intermediate._partial_start(layers, shapes, 2, largest) is None  # nothing below the first block
+def test_checkpoints_sit_between_blocks():
+    _, _, _, (layers, _, _, _, _) = _built(lenet_pattern, (1, 16, 16), 0.1)
+    assert crown_intermediate._checkpoint(layers, 8) == 6  # the Flatten after the second pool
+    assert crown_intermediate._checkpoint(layers, 5) == 3  # the second convolution, after the first pool
+    assert crown_intermediate._checkpoint(layers, 2) is None  # nothing below the first block
+    _, _, _, (layers, _, _, _, _) = _built(strided_batch_norm, (3, 11, 11), 0.1)
+    assert crown_intermediate._checkpoint(layers, 5) == 3
 
 
 @pytest.mark.parametrize("kind", ["uniform", "asymmetric"])
