@@ -116,7 +116,7 @@ def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Interme
     # On a point (zero-width box) interval propagation is exact: nothing for CROWN to tighten.
     tighten = intermediate == "crown" and not bool((upper == lower).all())
     # Input boxes intermediate_crown may start from: the model input, its normalization (the first block's input), and
-    # the outputs of the last two nonlinear blocks (the cheap first pass's); older ones are dropped.
+    # the outputs of the last two nonlinear blocks (the dense rows' checkpoints); older ones are dropped.
     boxes: dict[int, tuple[Tensor, Tensor]] = {}
     block_outputs: list[int] = []
     for i, (path, layer) in enumerate(layers):

@@ -30,8 +30,8 @@ use them:
   block (LeNet's second convolution: 3,200 windows of 6 x 10 x 10 per example).
 
 Both equal the back-substitution up to rounding (tested against the dense and the windowed rules). On the zoo's
-LeNet one CROWN bound took 50 ms per example before and 25 ms after (one thread, 50 digits, radius 0.06), with
-the cheap first pass of :func:`bounds.crown_intermediate.intermediate_crown`.
+LeNet one CROWN bound took 50 ms per example before and 25 ms after (one thread, 50 digits, radius 0.06); 21-22 ms
+with the dense rows' checkpoint of :func:`bounds.crown_intermediate.intermediate_crown` as well.
 
 This file is one concept (the first block's unit lines and the two rewrites built on them), hence its length.
 """

@@ -1,4 +1,4 @@
-"""The first block's closed-form lines (bounds/crown_first_block.py) and the cheap first pass of intermediate CROWN.
+"""The first block's closed-form lines (bounds/crown_first_block.py) and the checkpoint of dense intermediate rows.
 
 The references are the layer-by-layer rules: the dense back-substitution (bounds/crown_backward.py, with the first
 block switched off) and the windowed one (bounds/crown_patches.py). Both rewrites must give the same numbers.
