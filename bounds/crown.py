@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from bounds.crown_backward import back_substitute, check_crown_layer, concretize
 from bounds.crown_graph import graph_back_substitution
-from bounds.crown_intermediate import NONLINEAR, intermediate_crown, only_unstable
+from bounds.crown_intermediate import NONLINEAR, block_output, intermediate_crown, only_unstable
 from bounds.engine.chain import NotAChainError, crown_chain, layer_interval
 from bounds.interval import check_model_input, validate_box
 from bounds.layer_relaxations import (
@@ -122,7 +122,7 @@ def _build(model: nn.Module, lower: Tensor, upper: Tensor, intermediate: Interme
     for i, (path, layer) in enumerate(layers):
         if i <= 1:
             boxes[i] = (box_l, box_u)
-        elif type(layers[i - 1][1]) in NONLINEAR and type(layer) not in NONLINEAR:
+        elif block_output(layers, i):
             boxes[i] = (box_l, box_u)
             block_outputs.append(i)
             if len(block_outputs) > 2:

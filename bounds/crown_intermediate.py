@@ -57,18 +57,15 @@ def intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[i
     block = next_conv_block(layers, shapes, stop)
     found = None if block is None else next_conv_bounds(block, layers, shapes, relaxations, stop, *boxes[block.start],
                                                         CHUNK_ELEMENTS)
-    if found is not None:
-        new_l = torch.maximum(lower, found[0])
-        return new_l, torch.maximum(torch.minimum(upper, found[1]), new_l)  # rounding can cross; both are sound
-    if patches_apply(layers, shapes, stop):
+    if found is None and patches_apply(layers, shapes, stop):
         # Windows only of the neurons that need a bound when few do; also of the active ones when those are few
         # enough too (their tighter bounds tighten the next layer's interval bounds, which decide its needed set).
         if int(not_fixed.sum(1).max()) <= SPARSE_FRACTION * flat_l.shape[1]:
             needed = not_fixed
-        crown_l, crown_u = patch_bounds(layers, shapes, relaxations, stop, in_lower, in_upper,
-                                        needed.view(lower.shape))
-        new_l = torch.maximum(lower, crown_l)
-        return new_l, torch.maximum(torch.minimum(upper, crown_u), new_l)  # rounding can cross; both are sound
+        found = patch_bounds(layers, shapes, relaxations, stop, in_lower, in_upper, needed.view(lower.shape))
+    if found is not None:
+        new_l = torch.maximum(lower, found[0])
+        return new_l, torch.maximum(torch.minimum(upper, found[1]), new_l)  # rounding can cross; both are sound
     neurons = flat_l.shape[1]
     last = max(k for k in relaxations if k < stop)
     eye = torch.eye(neurons, dtype=lower.dtype, device=lower.device).view(1, neurons, *shapes[stop])
@@ -85,6 +82,11 @@ def intermediate_crown(layers: list[tuple[str, nn.Module]], shapes: list[tuple[i
     return flat_l.reshape(lower.shape), flat_u.reshape(upper.shape)
 
 
+def block_output(layers: list[tuple[str, nn.Module]], i: int) -> bool:
+    """Whether the input of layer ``i`` is the output of a nonlinear block (a possible :func:`_checkpoint`)."""
+    return 0 < i < len(layers) and type(layers[i - 1][1]) in NONLINEAR and type(layers[i][1]) not in NONLINEAR
+
+
 def _checkpoint(layers: list[tuple[str, nn.Module]], last: int) -> int | None:
     """Where dense rows are concretised on the way (:func:`_tightened`), or ``None``.
 
@@ -99,7 +101,7 @@ def _checkpoint(layers: list[tuple[str, nn.Module]], last: int) -> int | None:
     while j >= 0 and type(layers[j][1]) not in NONLINEAR:
         j -= 1
     start = j + 1
-    return None if start == 0 or affine < start else start
+    return start if block_output(layers, start) and affine >= start else None
 
 
 def _tightened(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]], relaxations: Relaxations,
@@ -127,8 +129,9 @@ def _tightened(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]
         index, valid, target = padded_rows(order, counts, begin, end)
         low, up = padded_l[begin:end].gather(1, target), padded_u[begin:end].gather(1, target)
         if index.shape[1]:
-            spec = torch.cat([jacobian[index], -jacobian[index]], 1)  # (b, 2 width, ...)
-            spec_offset = torch.cat([jac_offset[index], -jac_offset[index]], 1)
+            rows, offset = jacobian[index], jac_offset[index]
+            spec = torch.cat([rows, -rows], 1)  # (b, 2 width, ...)
+            spec_offset = torch.cat([offset, -offset], 1)
             part = {k: v.rows(begin, end) for k, v in relaxations.items() if k < stop}
             position = torch.arange(index.shape[1], device=index.device).expand_as(index)
             if checkpoint is not None:
@@ -138,9 +141,10 @@ def _tightened(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]
                 go_on = valid & still_needed(low, up)
                 kept = int(go_on.sum(1).max())
                 position = needed_first(go_on)[:, :kept]  # each example's rows still needed, first
-                rows = torch.cat([position, position + index.shape[1]], 1)
-                spec = spec.gather(1, rows.view(*rows.shape, *([1] * (spec.dim() - 2))).expand(-1, -1, *spec.shape[2:]))
-                spec_offset = spec_offset.gather(1, rows)
+                kept_rows = torch.cat([position, position + index.shape[1]], 1)
+                spec = spec.gather(1, kept_rows.view(*kept_rows.shape, *([1] * (spec.dim() - 2))).expand(
+                    -1, -1, *spec.shape[2:]))
+                spec_offset = spec_offset.gather(1, kept_rows)
                 valid = go_on.gather(1, position)
             if position.shape[1]:
                 coeffs, total = back_substitute(layers, shapes, part, spec, spec_offset,
