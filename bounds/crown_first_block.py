@@ -52,6 +52,7 @@ from bounds.layer_relaxations import (
     folded_into_previous,
 )
 from bounds.normalization import InputNormalization
+from bounds.windows import window_columns
 
 
 @dataclass(frozen=True)
@@ -323,13 +324,8 @@ def next_conv_bounds(block: FirstBlock, layers: list[tuple[str, nn.Module]], sha
 def _input_windows(values: Tensor, block: FirstBlock, stride_b: tuple[int, int], lead_b: tuple[int, int],
                    window: tuple[int, int], out_hw: tuple[int, int]) -> Tensor:
     """The input entries under every output's window, 0 outside the map: ``(K_h K_w, B, H_o, W_o, C_in)``."""
-    step = tuple(s * t for s, t in zip(stride_b, block.stride, strict=True))
-    start = tuple(p * t + q for p, t, q in zip(lead_b, block.stride, block.padding, strict=True))
-    height, width = values.shape[-2:]
-    bottom = max(0, (out_hw[0] - 1) * step[0] + window[0] - start[0] - height)
-    right = max(0, (out_hw[1] - 1) * step[1] + window[1] - start[1] - width)
-    padded = F.pad(values, (start[1], right, start[0], bottom))
-    padded = padded[..., :(out_hw[0] - 1) * step[0] + window[0], :(out_hw[1] - 1) * step[1] + window[1]]
-    columns = F.unfold(padded, window, stride=step).view(values.shape[0], values.shape[1], -1, *out_hw)
-    return columns.permute(2, 0, 3, 4, 1)
+    step = (stride_b[0] * block.stride[0], stride_b[1] * block.stride[1])
+    start = (lead_b[0] * block.stride[0] + block.padding[0], lead_b[1] * block.stride[1] + block.padding[1])
+    columns = window_columns(values, window, step, start, out_hw)
+    return columns.view(values.shape[0], values.shape[1], -1, *out_hw).permute(2, 0, 3, 4, 1)
 

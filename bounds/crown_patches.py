@@ -53,6 +53,7 @@ from bounds.layer_relaxations import (
     folded_into_previous,
 )
 from bounds.normalization import InputNormalization
+from bounds.windows import window_columns
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout)
 # Windows with at most this many (input entries)^2 go through a transposed convolution as one dense matrix.
@@ -143,15 +144,9 @@ def _windows(values: Tensor, geometry: _Geometry, spec: _Rows) -> Tensor:
 
     Grid rows: ``(B, 1, H_s, W_s, C, k_h, k_w)``; sparse rows: ``(B, N, 1, 1, C, k_h, k_w)``.
     """
-    (kh, kw), (sh, sw), (ph, pw) = geometry.kernel, geometry.stride, geometry.padding
+    kh, kw = geometry.kernel
     hs, ws = spec.hw
-    height, width = values.shape[-2:]
-    bottom = max(0, (hs - 1) * sh + kh - ph - height)
-    right = max(0, (ws - 1) * sw + kw - pw - width)
-    padded = F.pad(values, (pw, right, ph, bottom))
-    # Crop what no window reaches, so that unfold yields exactly hs x ws windows.
-    padded = padded[..., :(hs - 1) * sh + kh, :(ws - 1) * sw + kw]
-    columns = F.unfold(padded, (kh, kw), stride=(sh, sw))
+    columns = window_columns(values, geometry.kernel, geometry.stride, geometry.padding, spec.hw)
     batch, channels = values.shape[:2]
     if spec.positions is None:
         return columns.view(batch, channels, kh, kw, hs, ws).permute(0, 4, 5, 1, 2, 3).unsqueeze(1)
