@@ -89,15 +89,15 @@ def _validate_outputs(model: nn.Module, x: Tensor, y: Tensor) -> None:
 
 def _lagrangian_options(*, iterations: int | None, lr: float | None, penalty_init: float | None,
                         penalty_growth: float | None, penalty_every: int | None, dual_every: int | None,
-                        shrink_steps: int, init_scale: float, lr_decay: bool) -> LagrangianOptions:
+                        shrink_steps: int, init_scale: float, lr_decay: bool | None) -> LagrangianOptions:
     """:func:`certify`'s Algorithm 1 settings: classical dual updates when any penalty setting is given."""
     penalties = {"penalty_init": penalty_init, "penalty_growth": penalty_growth, "penalty_every": penalty_every,
                  "dual_every": dual_every}
     given = {name: value for name, value in penalties.items() if value is not None}
     base = LagrangianOptions.classical() if given else LagrangianOptions()
-    steps = {"iterations": iterations, "lr": lr}
+    steps = {"iterations": iterations, "lr": lr, "lr_decay": lr_decay}
     return replace(base, **given, **{name: value for name, value in steps.items() if value is not None},
-                   shrink_steps=shrink_steps, init_scale=init_scale, lr_decay=lr_decay)
+                   shrink_steps=shrink_steps, init_scale=init_scale)
 
 
 def _prefers(x: Tensor, low_a: Tensor, up_a: Tensor, low_b: Tensor, up_b: Tensor,
@@ -261,7 +261,7 @@ def certify(
     dual_every: int | None = None,
     shrink_steps: int = LagrangianOptions.shrink_steps,
     init_scale: float = LagrangianOptions.init_scale,
-    lr_decay: bool = LagrangianOptions.lr_decay,
+    lr_decay: bool | None = None,
     uniform_rtol: float = 1e-4,
     batch_size: int | None = None,
     progress: bool = False,
@@ -300,20 +300,22 @@ def certify(
             ends even for the symmetric kinds).
         input_range: ``(low, high)`` of valid inputs; also sets the initial uniform bisection bracket.
         seed: Reserved for randomised options (none of the current ones draws random numbers).
-        iterations: Algorithm 1 iterations (``I``); ``None``: 12 with the default multiplier estimates, 40 with the
+        iterations: Algorithm 1 iterations (``I``); ``None``: 10 with the default multiplier estimates, 40 with the
             classical dual updates (:class:`~bounds.lagrangian.LagrangianOptions`).
-        lr: Adam learning rate on ``log eps``; ``None``: 0.5, or 0.2 with the classical dual updates.
+        lr: Adam learning rate on ``log eps``; ``None``: 1.1 (decayed linearly to zero), or a constant 0.2 with the
+            classical dual updates.
         penalty_init: Initial augmented-Lagrangian coefficient ``eta``. Giving any of ``penalty_init``,
             ``penalty_growth``, ``penalty_every`` or ``dual_every`` runs the classical augmented Lagrangian (dual
             updates of Algorithm 1 line 5, :meth:`~bounds.lagrangian.LagrangianOptions.classical`, the default
-            before 12-step multiplier estimates replaced it) with them; ``None`` for all four (the default): the
+            before per-step multiplier estimates replaced it) with them; ``None`` for all four (the default): the
             multipliers are estimated at every step (:mod:`bounds.lagrangian`).
         penalty_growth: Factor applied to ``eta`` every ``penalty_every`` iterations (classical updates).
         penalty_every: Iterations between penalty increases (classical updates).
         dual_every: Iterations between dual updates (classical updates).
         shrink_steps: Most evaluations of the final scale-factor search (Algorithm 1 lines 7-10).
         init_scale: Warm start at ``init_scale`` times the uniform radius.
-        lr_decay: Decay Adam's learning rate linearly to zero.
+        lr_decay: Decay Adam's learning rate linearly to zero; ``None``: yes with the default multiplier estimates, no
+            with the classical dual updates.
         uniform_rtol: Relative tolerance of the uniform radius search (the non-uniform kinds start from a uniform
             radius found to 1%, or to ``uniform_rtol`` if that is coarser).
         batch_size: Certify in chunks of this many examples (``None``: all at once). Results do not

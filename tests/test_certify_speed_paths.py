@@ -31,7 +31,7 @@ def _batch(seed: int, count: int = 10) -> tuple[torch.nn.Module, torch.Tensor, t
 
 @pytest.mark.parametrize("kind", ["asymmetric", "nonuniform"])
 def test_estimated_multipliers_match_the_classical_widths_and_are_sound(kind: str) -> None:
-    """12 steps with multiplier estimates reach the widths of 40 classical steps; every box is attacked."""
+    """The default steps with multiplier estimates reach the widths of 40 classical steps; every box is attacked."""
     model, x, y = _batch(0)
     fast = certify(model, x, y, kind)
     classical = certify(model, x, y, kind, dual_every=5)  # a penalty setting selects the classical updates
@@ -52,13 +52,17 @@ def test_estimated_multipliers_with_clipping_and_more_steps_are_sound() -> None:
 
 
 def test_penalty_settings_select_the_classical_update() -> None:
-    fixed = {"shrink_steps": 12, "init_scale": 1.0, "lr_decay": False}
+    fixed = {"shrink_steps": 12, "init_scale": 1.0, "lr_decay": None}
     none = {"penalty_init": None, "penalty_growth": None, "penalty_every": None, "dual_every": None}
     default = _lagrangian_options(iterations=None, lr=None, **none, **fixed)
     assert default == LagrangianOptions() and default.multipliers == "estimate"
     classical = _lagrangian_options(iterations=None, lr=None, **{**none, "penalty_init": 2.0}, **fixed)
     assert classical == LagrangianOptions.classical(penalty_init=2.0)
     assert (classical.multipliers, classical.iterations, classical.lr, classical.momentum) == ("dual", 40, 0.2, 0.9)
+    assert default.lr_decay and not classical.lr_decay  # the defaults of each update; lr_decay=... sets either
+    assert not _lagrangian_options(iterations=None, lr=None, **none, **{**fixed, "lr_decay": False}).lr_decay
+    decayed = {**fixed, "lr_decay": True}
+    assert _lagrangian_options(iterations=None, lr=None, **{**none, "dual_every": 5}, **decayed).lr_decay
     steps = _lagrangian_options(iterations=7, lr=0.3, **{**none, "dual_every": 2}, **fixed)
     assert (steps.iterations, steps.lr, steps.dual_every, steps.multipliers) == (7, 0.3, 2, "dual")
     with pytest.raises(ValueError, match="multipliers"):
