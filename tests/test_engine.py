@@ -422,3 +422,43 @@ def test_crown_is_never_looser_than_ibp_on_the_functional_model():
         assert_label_constant(model, x - crown.eps_lower, x + crown.eps_upper, y, mask=crown.certified)
     margins = crown_margin_bounds(model, x - 0.02, x + 0.02, y)
     assert bool((margins >= margin_lower_bounds(model, x - 0.02, x + 0.02, y) - 1e-6).all())
+
+
+class ConvResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 5 * 5, 3)
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        return self.head(torch.flatten(F.relu(self.conv(h)) + h, 1))
+
+
+def test_graph_crown_in_chunks_of_examples_equals_one_pass(monkeypatch):
+    import bounds.crown as crown
+
+    torch.manual_seed(0)
+    model = ConvResidual().eval()
+    x = torch.rand(7, 2, 5, 5, dtype=torch.float64)
+    model = model.double()
+    lower = (x - 0.05).requires_grad_(True)
+    upper = x + 0.05
+    y = model(x).argmax(1)
+    whole = linear_margin_bounds(model, lower, upper, y)
+    margins = crown_margin_bounds(model, lower, upper, y)
+    (grad_whole,) = torch.autograd.grad(margins[torch.isfinite(margins)].sum(), lower)
+    monkeypatch.setattr(crown, "GRAPH_CHUNK_INPUT_ELEMENTS", 2 * x[0].numel())  # 2 + 2 + 2 + 1 examples
+    calls = []
+    run = crown.graph_back_substitution
+    monkeypatch.setattr(crown, "graph_back_substitution", lambda *a: calls.append(a[1].shape[0]) or run(*a))
+    parts = linear_margin_bounds(model, lower, upper, y)
+    chunked = crown_margin_bounds(model, lower, upper, y)
+    (grad_chunked,) = torch.autograd.grad(chunked[torch.isfinite(chunked)].sum(), lower)
+    assert calls == [2, 2, 2, 1] * 2
+    assert torch.allclose(parts.coefficients, whole.coefficients, atol=1e-12)
+    assert torch.equal(parts.offset.isinf(), whole.offset.isinf())
+    finite = torch.isfinite(whole.offset)
+    assert torch.allclose(parts.offset[finite], whole.offset[finite], atol=1e-12)
+    assert torch.allclose(chunked, margins, atol=1e-12) and torch.allclose(grad_chunked, grad_whole, atol=1e-12)
+    assert parts.lower is lower and parts.upper is upper
