@@ -31,8 +31,8 @@ Two multiplier updates (``LagrangianOptions.multipliers``), both with Adam on ``
   no multiplier has to be built up from zero. On the zoo's MNIST models 12 such steps (a constant lr 0.5, Adam
   ``beta1 = 0.5``) gave the widths 40 classical steps gave (within 0.2% on the LeNets, 2-3% wider on FC100;
   ``benchmarks/bench_certify.py``) in 35-45% of the time. The default is now 10 steps of lr 1.1 decayed linearly
-  to zero: on 200 digits per model the geometric-mean widths of those 12 constant-lr steps within 0.1-0.2%
-  (LeNets) and 0.4-0.6% (FC100), with a sixth fewer gradient steps; at 100 steps the decayed schedule gives
+  to zero: on 200 digits per model its geometric-mean widths stay within 0.1-0.2% (LeNets) and 0.4-0.6% (FC100)
+  of those of the 12 constant-lr steps, with a sixth fewer gradient steps; at 100 steps the decayed schedule gives
   0.2-1.5% wider boxes than the constant one. (40 classical steps had not converged either: 120 gave 2% wider
   boxes. After 12 steps every LeNet digit was still below its width after 24, by 0.8% on average and by 0.5% or
   more for 80-90% of them, so no example is stopped early.)
