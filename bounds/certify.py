@@ -172,9 +172,9 @@ def _certify_chunk(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: flo
             # of crown_optimise_radii (crown_rounds passes in all). The interval box stays the fallback (CROWN is
             # never looser), so no box is smaller than with IBP.
             shape = ray_shape(opt_low, opt_up)
-            scale, failed = crown_radius_bracket(model, xs, ys, target=target, input_range=input_range,
-                                                 rounds=min(crown_rounds, _SHAPED_PASSES), cap=bracket, shape=shape,
-                                                 first=_SHAPED_FIRST)
+            scale, failed, failed_relaxation = crown_radius_bracket(
+                model, xs, ys, target=target, input_range=input_range, rounds=min(crown_rounds, _SHAPED_PASSES),
+                cap=bracket, shape=shape, first=_SHAPED_FIRST, keep_failed=crown_rounds > _SHAPED_PASSES)
             # The first closed-form round relaxes the box grown to where CROWN was seen to fail along the ray
             # (at most 2x, at least _MIN_GROWTH).
             growth = torch.where(torch.isfinite(failed) & (scale > 0), failed / scale.clamp(min=1e-12),
@@ -182,11 +182,15 @@ def _certify_chunk(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: flo
             scale = scale.view(view)
             shaped_low, shaped_up = _better_box(xs, scale * shape[0], scale * shape[1], opt_low, opt_up, input_range)
             if crown_rounds > _SHAPED_PASSES:  # closed-form rounds on CROWN over grown boxes (crown_optimise_radii)
+                # Where the first round's box is the one the ray search failed on (the ray box kept, its growth not
+                # clipped: 78-80% of the zoo LeNets' digits), the search's relaxation of it is reused, not rebuilt.
+                failed_box = (failed.view(view) * shape[0], failed.view(view) * shape[1])
                 shaped_low, shaped_up = crown_optimise_radii(model, xs, ys, shaped_low, shaped_up, ibp_radius,
                                                              symmetric=kind == "nonuniform", target=target,
                                                              input_range=input_range,
                                                              rounds=crown_rounds - _SHAPED_PASSES,
-                                                             first_growth=growth)
+                                                             first_growth=growth, known=failed_relaxation,
+                                                             known_box=failed_box)
             if not shaped:  # alpha-CROWN: CROWN's box is the better of that and CROWN's asymmetric rounds
                 start_low, start_up = _better_box(xs, opt_low, opt_up, fallback_low, fallback_up, input_range)
                 opt_low, opt_up = crown_optimise_radii(model, xs, ys, start_low, start_up, linear_radius,

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from bounds.alpha_search import AlphaWarmStart
 from bounds.crown import Intermediate
-from bounds.linear_certify import radius_caps, relaxation_parts
+from bounds.linear_certify import Relaxation, radius_caps, relaxation_parts
 
 _MIN = 1e-12
 
@@ -119,7 +119,8 @@ def crown_radius_bracket(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
                          input_range: tuple[float, float] | None = None, rounds: int = 10,
                          intermediate: Intermediate = "crown", cap: float = 2.0, rtol: float = 4e-3,
                          alpha: AlphaWarmStart | None = None, start: Tensor | None = None,
-                         shape: tuple[Tensor, Tensor] | None = None, first: float = 0.5) -> tuple[Tensor, Tensor]:
+                         shape: tuple[Tensor, Tensor] | None = None, first: float = 0.5, keep_failed: bool = False
+                         ) -> tuple[Tensor, Tensor, Relaxation | None]:
     """The largest uniform radius CROWN certifies, by a safeguarded root search on the CROWN bound.
 
     Let ``g(R) = min_j m_j(R, R) - target`` be CROWN's margin bound on the (clipped) box of radius ``R``, built
@@ -156,10 +157,14 @@ def crown_radius_bracket(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
             ``shape = (s1, s2)`` (shaped like ``x``, positive; e.g. :func:`ray_shape` of an interval solution), and
             the radius returned is the largest such ``R`` certified. ``None``: ``s1 = s2 = 1``.
         first: The first radius tried is ``first`` times the linearisation's root (without ``start``).
+        keep_failed: Also return the relaxation of each example's box at ``failed`` (for
+            :func:`~bounds.linear_certify.crown_optimise_radii`'s first round, which relaxes that box again).
 
     Returns:
-        ``(radius, failed)``, each ``(B,)``: the radius is certified by a CROWN relaxation (``0`` where not even ``x``
-        is certified); ``failed`` is the smallest radius seen to fail (``inf`` where none was tried and failed).
+        ``(radius, failed, relaxation)``: the radius ``(B,)`` is certified by a CROWN relaxation (``0`` where not even
+        ``x`` is certified); ``failed`` ``(B,)`` is the smallest radius seen to fail (``inf`` where none was tried and
+        failed); with ``keep_failed`` (and some failure) the relaxation of the box at ``failed`` of every example
+        (zero where ``failed`` is ``inf``), else ``None``.
     """
     batch = x.shape[0]
     view = (batch, *([1] * (x.dim() - 1)))
@@ -182,6 +187,7 @@ def crown_radius_bracket(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
     done = g_zero <= 0  # not certified even at x
     slow = torch.zeros(batch, dtype=torch.bool, device=x.device)
     last_side = torch.zeros(batch, dtype=torch.int8, device=x.device)
+    kept: Relaxation | None = None
     for _ in range(rounds):
         if bool(done.all()):
             break
@@ -194,10 +200,16 @@ def crown_radius_bracket(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
         else:
             r_lower, r_upper = r_view * s_lower[index], r_view * s_upper[index]
             shape_i = (flat_shape[0][index], flat_shape[1][index])
-        p, q, d, c1, c2 = relaxation_parts(model, xi, yi, r_lower, r_upper, input_range, intermediate, target, alpha,
-                                           index)
+        relaxation = relaxation_parts(model, xi, yi, r_lower, r_upper, input_range, intermediate, target, alpha, index)
+        p, q, d, c1, c2 = relaxation
         reach = guess[index]
         g_now = (d - (p @ c1.unsqueeze(2) + q @ c2.unsqueeze(2)).squeeze(2)).min(1).values
+        if keep_failed:  # the relaxation of the smallest failed box so far (failures only ever shrink it)
+            failing = (g_now < 0).nonzero().squeeze(1)
+            if failing.numel():
+                if kept is None:
+                    kept = Relaxation(*(part.new_zeros((batch, *part.shape[1:])) for part in relaxation))
+                kept = kept.replaced(index[failing], Relaxation(*(part[failing] for part in relaxation)))
         certified_below = _uniform_on_relaxation(p, q, d, c1, c2, reach, shape=shape_i)
         ok = torch.zeros_like(done).index_put((index,), g_now >= 0)
         bad = torch.zeros_like(done).index_put((index,), g_now < 0)
@@ -225,4 +237,4 @@ def crown_radius_bracket(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
         middle = torch.where(low > 0, (low * high).clamp(min=0).sqrt(), low + span / 2)
         inside = torch.where(slow, middle, model_root)
         guess = torch.where(done, guess, torch.where(bracketed, inside, grown))
-    return low, torch.where(torch.isfinite(g_high), high, torch.full_like(high, math.inf))
+    return low, torch.where(torch.isfinite(g_high), high, torch.full_like(high, math.inf)), kept

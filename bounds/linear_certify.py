@@ -17,7 +17,8 @@ and the best feasible one is kept (so the result is always feasible, whatever th
 
 Because the relaxation is only valid inside ``B0``, the caps are ``B0``'s radii. The outer loop
 re-linearises: ``B0`` is rebuilt around the last solution, enlarged by a factor (``2, 1.5, 1.33, ...``; certify's
-first factor is where its ray search saw CROWN fail),
+first factor is where its ray search saw CROWN fail, and that first round reuses the search's own relaxation of the
+box it failed on instead of building it again: ``known``),
 so the box can grow where the caps were active and the relaxation tightens where it was too loose. The best
 solution (by the objective) over the rounds is returned; :func:`bounds.certify.certify` re-verifies it with a
 fresh CROWN (and IBP) evaluation on exactly the returned box.
@@ -36,6 +37,7 @@ fresh CROWN (and IBP) evaluation on exactly the returned box.
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +47,35 @@ from bounds.crown import Intermediate, LinearMarginBound, linear_margin_bounds
 from bounds.uniform import clipped_box
 
 _MIN = 1e-12
+# Round 1 reuses a given relaxation for an example when its box equals the given box to this relative tolerance.
+_SAME_BOX_RTOL = 1e-5
+
+
+class Relaxation(NamedTuple):
+    """One CROWN relaxation in the radii (module docstring), per example, and the caps of the box it was built on.
+
+    Attributes:
+        p: ``(B, K-1, n)`` costs of ``e1``.
+        q: ``(B, K-1, n)`` costs of ``e2``.
+        d: ``(B, K-1)`` budgets.
+        c1: ``(B, n)`` caps of ``e1`` (the box's radii below ``x``, clipped to the input range).
+        c2: ``(B, n)`` caps of ``e2``.
+    """
+
+    p: Tensor
+    q: Tensor
+    d: Tensor
+    c1: Tensor
+    c2: Tensor
+
+    def replaced(self, index: Tensor, other: "Relaxation") -> "Relaxation":
+        """A copy with the examples ``index`` taken from ``other`` (whose rows are those examples, in order)."""
+        parts = []
+        for mine, theirs in zip(self, other, strict=True):
+            part = mine.clone()
+            part[index] = theirs
+            parts.append(part)
+        return Relaxation(*parts)
 
 
 def _linear_parts(bound: LinearMarginBound, x: Tensor, y: Tensor, target: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -149,8 +180,7 @@ def solve_box_problem(p: Tensor, q: Tensor, d: Tensor, c1: Tensor, c2: Tensor, *
 
 def relaxation_parts(model: nn.Module, x: Tensor, y: Tensor, r_lower: Tensor, r_upper: Tensor,
                      input_range: tuple[float, float] | None, intermediate: Intermediate, target: float,
-                     alpha: AlphaWarmStart | None = None, index: Tensor | None = None
-                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                     alpha: AlphaWarmStart | None = None, index: Tensor | None = None) -> Relaxation:
     """Build CROWN on the (clipped) box ``[x - r_lower, x + r_upper]``; return ``P, Q, d`` and the caps.
 
     With ``alpha``: alpha-CROWN, warm-started from the slopes of the search's examples ``index`` (all if ``None``).
@@ -163,14 +193,15 @@ def relaxation_parts(model: nn.Module, x: Tensor, y: Tensor, r_lower: Tensor, r_
             bound = alpha.linear_bound(model, lower, upper, y, index, intermediate)
         p, q, d = _linear_parts(bound, x, y, target)
     c1, c2 = radius_caps(x, r_lower, r_upper, input_range)
-    return p, q, d, c1, c2
+    return Relaxation(p, q, d, c1, c2)
 
 
 def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Tensor, init_upper: Tensor,
                          floor: Tensor, *, symmetric: bool, target: float,
                          input_range: tuple[float, float] | None = None, rounds: int = 4, steps: int = 100,
                          intermediate: Intermediate = "crown", alpha: AlphaWarmStart | None = None,
-                         first_growth: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                         first_growth: Tensor | None = None, known: Relaxation | None = None,
+                         known_box: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Per-pixel radii (asymmetric, or non-uniform when ``symmetric``) certified by CROWN relaxations.
 
     Round ``k`` builds CROWN on ``[x - g_k e1, x + g_k e2]`` around the best radii so far (``g_k = 1 + 1/k``, or
@@ -199,6 +230,12 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Ten
         alpha: Relax with alpha-CROWN instead, the slopes of every example carried from round to round
             (:class:`~bounds.alpha_search.AlphaWarmStart`, one entry per example of ``x``).
         first_growth: ``g_1`` per example ``(B,)`` instead of ``2`` (e.g. where a ray search saw CROWN fail).
+        known: A relaxation already built for every example (e.g. by the ray search, on the box where it failed);
+            round 1 uses it instead of a new pass for the examples whose round-1 box is ``known_box`` (to a
+            relative ``1e-5``). Sound whatever the boxes: the solution stays inside the caps of ``known``, i.e.
+            inside the box ``known`` was built on.
+        known_box: ``(r_lower, r_upper)`` of the box ``known`` was built on per example (shaped like ``x``; ``inf``
+            where it holds nothing).
 
     Returns:
         ``(eps_lower, eps_upper)`` shaped like ``x``, certified by the relaxation of some round or equal to the
@@ -213,7 +250,12 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Ten
     for k in range(1, rounds + 1):
         r_lower = (best_l * growth).clamp(min=floor)
         r_upper = (best_u * growth).clamp(min=floor)
-        p, q, d, c1, c2 = relaxation_parts(model, x, y, r_lower, r_upper, input_range, intermediate, target, alpha)
+        if k == 1 and known is not None and known_box is not None:
+            p, q, d, c1, c2 = _reuse_or_relax(model, x, y, r_lower, r_upper, input_range, intermediate, target, alpha,
+                                              known, known_box)
+        else:
+            p, q, d, c1, c2 = relaxation_parts(model, x, y, r_lower, r_upper, input_range, intermediate, target,
+                                               alpha)
         e1, e2 = solve_box_problem(p, q, d, c1, c2, symmetric=symmetric, steps=steps)
         feasible = (d > 0).all(1)  # the relaxation certifies x itself
         objective = torch.where(feasible, _log_width(e1, e2), torch.full_like(best, -math.inf))
@@ -223,3 +265,20 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Ten
         best_u = torch.where(better, e2.view_as(x), best_u)
         growth = torch.where(feasible.view(view), 1 + 1 / (k + 1), 1 + (growth - 1) / 4)
     return best_l, best_u
+
+
+def _reuse_or_relax(model: nn.Module, x: Tensor, y: Tensor, r_lower: Tensor, r_upper: Tensor,
+                    input_range: tuple[float, float] | None, intermediate: Intermediate, target: float,
+                    alpha: AlphaWarmStart | None, known: Relaxation, known_box: tuple[Tensor, Tensor]) -> Relaxation:
+    """The relaxation on ``[x - r_lower, x + r_upper]``: ``known``'s where that is its box, else a new pass."""
+    same = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    for radius, built in zip((r_lower, r_upper), known_box, strict=True):
+        radius, built = radius.expand_as(x).flatten(1), built.expand_as(x).flatten(1)
+        same = same & (torch.isfinite(built) & ((radius - built).abs() <= _SAME_BOX_RTOL * built)).all(1)
+    fresh = (~same).nonzero().squeeze(1)
+    if fresh.numel() == 0:
+        return known
+    r_lower, r_upper = r_lower.expand_as(x), r_upper.expand_as(x)
+    relaxed = relaxation_parts(model, x[fresh], y[fresh], r_lower[fresh], r_upper[fresh], input_range, intermediate,
+                               target, alpha, fresh if alpha is not None else None)
+    return known.replaced(fresh, relaxed)

@@ -151,12 +151,54 @@ def test_shaped_crown_search_is_certified_and_uniform_by_default() -> None:
     assert bool((margins >= TARGET * (1 - 1e-6)).all())
     # The bracket's other end (the first closed-form round's growth comes from it): a radius CROWN was seen to fail
     # at, beyond the certified one, or inf where no radius tried failed.
-    low, failed = crown_radius_bracket(model, x, y, target=TARGET, rounds=3, shape=(s1, s2), first=0.2)
-    assert torch.equal(low.view(-1, 1, 1, 1), scale)
+    low, failed, kept = crown_radius_bracket(model, x, y, target=TARGET, rounds=3, shape=(s1, s2), first=0.2)
+    assert torch.equal(low.view(-1, 1, 1, 1), scale) and kept is None
     seen = torch.isfinite(failed)
     assert bool(seen.any()) and bool((failed[seen] > low[seen]).all())
     wide = failed[seen].view(-1, 1, 1, 1)
     assert bool((min_margin(model, (x - wide * s1)[seen], (x + wide * s2)[seen], y[seen], "crown") < TARGET).all())
+
+
+def test_first_round_reuses_the_relaxation_the_ray_search_failed_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bracket keeps the relaxation of each failed box; round 1 reuses it where it relaxes that box again."""
+    import bounds.linear_certify as linear_certify
+
+    model, x, y = _batch(6, 8)
+    start = uniform_radius(model, x, y, delta=TARGET)
+    lower, upper = optimise_radii(model, x, y, start, symmetric=False, delta=DELTA, target=TARGET)
+    s1, s2 = ray_shape(lower, upper)
+    low, failed, kept = crown_radius_bracket(model, x, y, target=TARGET, rounds=2, shape=(s1, s2), first=0.2,
+                                             keep_failed=True)
+    seen = torch.isfinite(failed)
+    assert kept is not None and bool(seen.any())
+    wide = failed[seen].view(-1, 1, 1, 1)
+    rebuilt = linear_certify.relaxation_parts(model, x[seen], y[seen], wide * s1[seen], wide * s2[seen], None, "crown",
+                                              TARGET)
+    for part, again in zip(kept, rebuilt, strict=True):
+        torch.testing.assert_close(part[seen], again)
+        assert bool((part[~seen] == 0).all())
+    view = (-1, 1, 1, 1)
+    box = (failed.view(view) * s1, failed.view(view) * s2)
+    growth = torch.where(seen, failed / low, torch.full_like(low, 2.0))
+    start_l, start_u = low.view(view) * s1, low.view(view) * s2
+    relaxed: list[int] = []
+    original = linear_certify.relaxation_parts
+    monkeypatch.setattr(linear_certify, "relaxation_parts", lambda *a, **k: relaxed.append(a[1].shape[0]) or
+                        original(*a, **k))
+    options = {"symmetric": False, "target": TARGET, "rounds": 2, "first_growth": growth}
+    plain = linear_certify.crown_optimise_radii(model, x, y, start_l, start_u, start, **options)
+    passes_plain, relaxed[:] = list(relaxed), []
+    reused = linear_certify.crown_optimise_radii(model, x, y, start_l, start_u, start, **options, known=kept,
+                                                 known_box=box)
+    floor = start.clamp(min=1e-6).view(view)  # round 1 relaxes the grown start box, every radius at least the floor
+    first_l, first_u = (start_l * growth.view(view)).clamp(min=floor), (start_u * growth.view(view)).clamp(min=floor)
+    same = seen & torch.isclose(first_l, box[0], rtol=1e-5).flatten(1).all(1)
+    same = same & torch.isclose(first_u, box[1], rtol=1e-5).flatten(1).all(1)
+    assert bool(same.any()) and passes_plain == [8, 8] and relaxed == [int((~same).sum()), 8]
+    for a, b in zip(plain, reused, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    margins = min_margin(model, x - reused[0], x + reused[1], y, "crown")
+    assert bool((margins >= DELTA).all())
 
 
 @pytest.mark.parametrize("kind", ["asymmetric", "nonuniform"])
