@@ -100,7 +100,7 @@ class AmoebaBoundCallback(ValidationSubsetCallback):
         iterations: Augmented-Lagrangian iterations of the non-uniform and asymmetric kinds (cost is about
             linear in it).
         method: Bound method: ``"ibp"`` (interval propagation), ``"crown"`` (linear relaxation: much wider
-            boxes, slower: 0.14-0.17 s per LeNet example for the asymmetric kind on one CPU thread, README) or
+            boxes, slower: about 0.13 s per LeNet example for the asymmetric kind on one CPU thread, README) or
             ``"alpha-crown"`` (CROWN with optimised ReLU slopes, :mod:`bounds.alpha_crown`: boxes never smaller than
             ``"crown"``'s, slower).
         crown_rounds: CROWN relaxations per example (``method="crown"`` or ``"alpha-crown"``; fewer: faster,
