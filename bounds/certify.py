@@ -184,13 +184,11 @@ def _certify_chunk(model: nn.Module, x: Tensor, y: Tensor, kind: str, delta: flo
             if crown_rounds > _SHAPED_PASSES:  # closed-form rounds on CROWN over grown boxes (crown_optimise_radii)
                 # Where the first round's box is the one the ray search failed on (the ray box kept, its growth not
                 # clipped: 78-80% of the zoo LeNets' digits), the search's relaxation of it is reused, not rebuilt.
-                failed_box = (failed.view(view) * shape[0], failed.view(view) * shape[1])
                 shaped_low, shaped_up = crown_optimise_radii(model, xs, ys, shaped_low, shaped_up, ibp_radius,
                                                              symmetric=kind == "nonuniform", target=target,
                                                              input_range=input_range,
                                                              rounds=crown_rounds - _SHAPED_PASSES,
-                                                             first_growth=growth, known=failed_relaxation,
-                                                             known_box=failed_box)
+                                                             first_growth=growth, known=failed_relaxation)
             if not shaped:  # alpha-CROWN: CROWN's box is the better of that and CROWN's asymmetric rounds
                 start_low, start_up = _better_box(xs, opt_low, opt_up, fallback_low, fallback_up, input_range)
                 opt_low, opt_up = crown_optimise_radii(model, xs, ys, start_low, start_up, linear_radius,

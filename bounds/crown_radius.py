@@ -209,7 +209,8 @@ def crown_radius_bracket(model: nn.Module, x: Tensor, y: Tensor, *, target: floa
             if failing.numel():
                 if kept is None:
                     kept = Relaxation(*(part.new_zeros((batch, *part.shape[1:])) for part in relaxation))
-                kept = kept.replaced(index[failing], Relaxation(*(part[failing] for part in relaxation)))
+                for buffer, part in zip(kept, relaxation, strict=True):
+                    buffer[index[failing]] = part[failing]
         certified_below = _uniform_on_relaxation(p, q, d, c1, c2, reach, shape=shape_i)
         ok = torch.zeros_like(done).index_put((index,), g_now >= 0)
         bad = torch.zeros_like(done).index_put((index,), g_now < 0)

@@ -47,7 +47,7 @@ from bounds.crown import Intermediate, LinearMarginBound, linear_margin_bounds
 from bounds.uniform import clipped_box
 
 _MIN = 1e-12
-# Round 1 reuses a given relaxation for an example when its box equals the given box to this relative tolerance.
+# Round 1 reuses a given relaxation for an example when its caps equal the given ones to this relative tolerance.
 _SAME_BOX_RTOL = 1e-5
 
 
@@ -200,8 +200,8 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Ten
                          floor: Tensor, *, symmetric: bool, target: float,
                          input_range: tuple[float, float] | None = None, rounds: int = 4, steps: int = 100,
                          intermediate: Intermediate = "crown", alpha: AlphaWarmStart | None = None,
-                         first_growth: Tensor | None = None, known: Relaxation | None = None,
-                         known_box: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                         first_growth: Tensor | None = None, known: Relaxation | None = None
+                         ) -> tuple[Tensor, Tensor]:
     """Per-pixel radii (asymmetric, or non-uniform when ``symmetric``) certified by CROWN relaxations.
 
     Round ``k`` builds CROWN on ``[x - g_k e1, x + g_k e2]`` around the best radii so far (``g_k = 1 + 1/k``, or
@@ -230,12 +230,10 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Ten
         alpha: Relax with alpha-CROWN instead, the slopes of every example carried from round to round
             (:class:`~bounds.alpha_search.AlphaWarmStart`, one entry per example of ``x``).
         first_growth: ``g_1`` per example ``(B,)`` instead of ``2`` (e.g. where a ray search saw CROWN fail).
-        known: A relaxation already built for every example (e.g. by the ray search, on the box where it failed);
-            round 1 uses it instead of a new pass for the examples whose round-1 box is ``known_box`` (to a
-            relative ``1e-5``). Sound whatever the boxes: the solution stays inside the caps of ``known``, i.e.
-            inside the box ``known`` was built on.
-        known_box: ``(r_lower, r_upper)`` of the box ``known`` was built on per example (shaped like ``x``; ``inf``
-            where it holds nothing).
+        known: A relaxation already built for every example (e.g. by the ray search, on the box where it failed;
+            zero rows where it holds none); round 1 uses it instead of a new pass for the examples whose round-1
+            box is the box it was built on (equal caps, to a relative ``1e-5``). Sound whatever the boxes: the
+            solution stays inside the caps of ``known``, i.e. inside the box ``known`` was built on.
 
     Returns:
         ``(eps_lower, eps_upper)`` shaped like ``x``, certified by the relaxation of some round or equal to the
@@ -250,9 +248,9 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Ten
     for k in range(1, rounds + 1):
         r_lower = (best_l * growth).clamp(min=floor)
         r_upper = (best_u * growth).clamp(min=floor)
-        if k == 1 and known is not None and known_box is not None:
+        if k == 1 and known is not None:
             p, q, d, c1, c2 = _reuse_or_relax(model, x, y, r_lower, r_upper, input_range, intermediate, target, alpha,
-                                              known, known_box)
+                                              known)
         else:
             p, q, d, c1, c2 = relaxation_parts(model, x, y, r_lower, r_upper, input_range, intermediate, target,
                                                alpha)
@@ -269,12 +267,17 @@ def crown_optimise_radii(model: nn.Module, x: Tensor, y: Tensor, init_lower: Ten
 
 def _reuse_or_relax(model: nn.Module, x: Tensor, y: Tensor, r_lower: Tensor, r_upper: Tensor,
                     input_range: tuple[float, float] | None, intermediate: Intermediate, target: float,
-                    alpha: AlphaWarmStart | None, known: Relaxation, known_box: tuple[Tensor, Tensor]) -> Relaxation:
-    """The relaxation on ``[x - r_lower, x + r_upper]``: ``known``'s where that is its box, else a new pass."""
+                    alpha: AlphaWarmStart | None, known: Relaxation) -> Relaxation:
+    """The relaxation on ``[x - r_lower, x + r_upper]``: ``known``'s where it was built on that box, else a new pass.
+
+    A relaxation depends on its box only through the clipped box, i.e. through the caps: equal caps mean the same
+    relaxation. A zero row of ``known`` (no relaxation) never matches, since every pixel has a positive cap on at least
+    one side.
+    """
+    c1, c2 = radius_caps(x, r_lower, r_upper, input_range)
     same = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    for radius, built in zip((r_lower, r_upper), known_box, strict=True):
-        radius, built = radius.expand_as(x).flatten(1), built.expand_as(x).flatten(1)
-        same = same & (torch.isfinite(built) & ((radius - built).abs() <= _SAME_BOX_RTOL * built)).all(1)
+    for caps, built in ((c1, known.c1), (c2, known.c2)):
+        same = same & ((caps - built).abs() <= _SAME_BOX_RTOL * built).all(1)
     fresh = (~same).nonzero().squeeze(1)
     if fresh.numel() == 0:
         return known

@@ -188,8 +188,7 @@ def test_first_round_reuses_the_relaxation_the_ray_search_failed_on(monkeypatch:
     options = {"symmetric": False, "target": TARGET, "rounds": 2, "first_growth": growth}
     plain = linear_certify.crown_optimise_radii(model, x, y, start_l, start_u, start, **options)
     passes_plain, relaxed[:] = list(relaxed), []
-    reused = linear_certify.crown_optimise_radii(model, x, y, start_l, start_u, start, **options, known=kept,
-                                                 known_box=box)
+    reused = linear_certify.crown_optimise_radii(model, x, y, start_l, start_u, start, **options, known=kept)
     floor = start.clamp(min=1e-6).view(view)  # round 1 relaxes the grown start box, every radius at least the floor
     first_l, first_u = (start_l * growth.view(view)).clamp(min=floor), (start_u * growth.view(view)).clamp(min=floor)
     same = seen & torch.isclose(first_l, box[0], rtol=1e-5).flatten(1).all(1)
